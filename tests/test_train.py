@@ -1,0 +1,127 @@
+"""The trainer: every variant learns, penalties do what they say, checkpoints resume exactly, bad data is refused."""
+
+import math
+
+import pytest
+import torch
+
+from absae_lib import TrainConfig, train
+from absae_lib.train import batch_indices, geometric_median, input_scale, lr_factor, train_sae
+
+
+def signed_atoms(n=12_000, d=24, n_atoms=48, active=3, seed=0):
+    """Each sample: `active` random atoms with random signs and magnitudes, plus a little noise."""
+    atoms = torch.randn(n_atoms, d, generator=torch.Generator().manual_seed(1234))  # one dictionary for every seed
+    atoms /= atoms.norm(dim=-1, keepdim=True)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.rand(n, n_atoms, generator=g).argsort(-1)[:, :active]
+    codes = torch.zeros(n, n_atoms).scatter(1, idx, (1 + torch.rand(n, active, generator=g)) * torch.sign(torch.randn(n, active, generator=g)))
+    return codes @ atoms + 0.01 * torch.randn(n, d, generator=g) + 0.5
+
+
+def quick(architecture, **kwargs):
+    base = dict(architecture=architecture, d_sae=96, k=3, batch_size=256, n_steps=400, lr=1e-2, progress=False,
+                dead_window_tokens=8192, log_every=10)
+    base.update(kwargs)
+    return TrainConfig(**base)
+
+
+def nmse(sae, x):
+    with torch.no_grad():
+        return ((sae(x).recon - x).pow(2).sum() / x.pow(2).sum()).item()
+
+
+def test_abstopk_beats_topk_on_signed_atoms():
+    # Signed atoms are AbsTopK's home ground: TopK must spend two latents (±d) per atom.
+    x = signed_atoms()
+    held_out = signed_atoms(n=2000, seed=1)
+    errors = {arch: nmse(train_sae(x, quick(arch))[0], held_out) for arch in ("abstopk", "topk")}
+    assert errors["abstopk"] < 0.8 * errors["topk"], errors
+
+
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk", "batchtopk", "abstopk", "unrolled"])
+def test_every_variant_learns(architecture):
+    x = signed_atoms()
+    config = quick(architecture, sparsity_coefficient=0.02 if architecture in ("standard", "jumprelu") else 0.0)
+    sae, history = train_sae(x, config)
+    assert history[-1]["nmse"] < 0.5 * history[0]["nmse"]
+    assert nmse(sae, x[:2000]) < 0.2
+    assert {"step", "tokens", "loss", "nmse", "fvu", "l0", "dead_fraction", "lr"} <= set(history[0])
+    # rows are unit norm in normalised space; the folded input scale s makes them 1/s in raw space
+    s = sae.cfg.metadata["input_scale_folded"]
+    assert torch.allclose(sae.W_dec.norm(dim=-1) * s, torch.ones(96), atol=1e-4)
+
+
+def test_batchtopk_inference_threshold_keeps_about_k():
+    x = signed_atoms()
+    sae, _ = train_sae(x, quick("batchtopk"))
+    with torch.no_grad():
+        l0 = (sae.encode(x[:2000]) != 0).float().sum(-1).mean().item()
+    assert 1.5 < l0 < 6  # k = 3 on average at inference, from one global threshold
+
+
+def test_sparsity_coefficient_controls_l0():
+    x = signed_atoms()
+    for architecture in ("standard", "jumprelu"):
+        l0 = [train_sae(x, quick(architecture, sparsity_coefficient=c))[1][-1]["l0"] for c in (0.003, 0.3)]
+        assert l0[1] < 0.7 * l0[0], (architecture, l0)
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    x = signed_atoms(n=4000)
+    config = quick("abstopk", n_steps=50, batch_size=128, checkpoint_every=20)
+    reference, ref_history = train_sae(x, quick("abstopk", n_steps=50, batch_size=128))
+
+    crash_at = 33
+    real_lr_factor = train.lr_factor
+
+    def crashing(step, *args):
+        if step == crash_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_lr_factor(step, *args)
+
+    monkeypatch.setattr(train, "lr_factor", crashing)
+    interrupted = TrainConfig(**{**config.__dict__, "checkpoint_dir": str(tmp_path)})
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(x, interrupted)
+    monkeypatch.setattr(train, "lr_factor", real_lr_factor)
+    resumed, history = train_sae(x, interrupted)  # picks up at step 20
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert [row["step"] for row in history] == [row["step"] for row in ref_history]
+
+    with pytest.raises(ValueError, match="another training config"):
+        train_sae(x, TrainConfig(**{**interrupted.__dict__, "k": 4}))
+
+
+def test_bad_data_is_refused():
+    x = signed_atoms(n=1000)
+    x[17, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        train_sae(x, quick("topk"))
+    with pytest.raises(ValueError, match=r"\[n_tokens, d_in\]"):
+        train_sae(torch.randn(10, 4, 4), quick("topk"))
+    with pytest.raises(ValueError, match="larger than the data"):
+        train_sae(torch.randn(100, 8), quick("topk"))
+    with pytest.raises(ValueError, match="larger than the dictionary"):
+        train_sae(torch.randn(1000, 8), quick("topk", k=200))
+
+
+def test_batch_order_is_a_permutation_stream():
+    n, batch = 10, 4
+    rows = torch.cat([batch_indices(step, batch, n, seed=0) for step in range(5)])  # 20 rows = 2 epochs
+    assert sorted(rows[:10].tolist()) == list(range(10)) and sorted(rows[10:].tolist()) == list(range(10))
+    assert torch.equal(batch_indices(3, batch, n, seed=0), batch_indices(3, batch, n, seed=0))
+    assert not torch.equal(batch_indices(0, batch, n, seed=0), batch_indices(0, batch, n, seed=1))
+
+
+def test_helpers():
+    x = torch.randn(5000, 16) * 7
+    assert (input_scale(x) * x).norm(dim=-1).mean().item() == pytest.approx(4.0, rel=1e-4)
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+    median = geometric_median(pts, n_iter=500)
+    assert median.norm() < 1.0  # unlike the mean (25, 25), the median ignores the outlier
+    assert lr_factor(0, 100, 10, 0.2) == pytest.approx(0.1)
+    assert lr_factor(50, 100, 10, 0.2) == 1.0
+    assert lr_factor(90, 100, 10, 0.2) == pytest.approx(0.5)
+    assert math.isclose(lr_factor(99, 100, 10, 0.2), 0.05)
