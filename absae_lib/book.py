@@ -1,0 +1,102 @@
+"""What the book's chapters share: run profiles, and a record of the numbers each chapter measures.
+
+Every notebook's ``parameters`` cell sets ``profile`` (papermill can override it, and so can ``$ABSAE_PROFILE``):
+
+    smoke   CI: a few seconds of data, tiny SAEs; proves the chapter runs and its numbers are sane
+    cpu     the book's default: the embedded SmolLM2-135M on a laptop CPU (the committed outputs)
+    gpu     Colab: any TransformerLens model, more tokens, bigger dictionaries
+
+A chapter calls :func:`record` with the numbers it found; CI re-checks them after a smoke run and the summary
+chapter reads them from ``notebooks/results/<chapter>.<profile>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+REPO_URL = "https://github.com/absae/absae"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One profile's settings; chapters read these instead of hard-coding sizes."""
+
+    profile: str
+    model_name: str = "smollm2-135m"
+    layer: int = 15
+    corpus: str = "brown"  # "brown" (offline) or "hub:<dataset name>" (Colab)
+    n_tokens: int = 1_000_000  # training activations
+    n_eval_tokens: int = 50_000  # held-out activations for reconstruction metrics
+    seq_len: int = 128
+    d_sae: int = 4608  # 8× the model width for SmolLM2 (576)
+    k: int = 32
+    batch_size: int = 4096
+    lr: float = 1e-3
+    ce_sequences: int = 64  # sequences for the spliced-in CE loss
+    k_sweep: tuple[int, ...] = (16, 32, 64)
+    seed: int = 0
+    device: str | None = None
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_post"
+
+
+PROFILES: dict[str, Settings] = {
+    "smoke": Settings("smoke", n_tokens=40_960, n_eval_tokens=8_192, d_sae=1152, k=16, batch_size=1024,
+                      ce_sequences=8, k_sweep=(8, 16)),
+    "cpu": Settings("cpu"),
+    "gpu": Settings("gpu", model_name="gpt2-small", layer=6, corpus="hub:NeelNanda/pile-10k", n_tokens=8_000_000,
+                    n_eval_tokens=200_000, d_sae=12_288, k=64, lr=5e-4, ce_sequences=256, k_sweep=(32, 64, 128)),
+}
+
+
+def settings(profile: str | None = None, **overrides: Any) -> Settings:
+    """The settings of ``profile`` (default ``$ABSAE_PROFILE`` or "cpu"), with any non-None override applied."""
+    profile = profile or os.environ.get("ABSAE_PROFILE", "cpu")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return replace(PROFILES[profile], **{key: value for key, value in overrides.items() if value is not None})
+
+
+def results_dir() -> Path:
+    """Where chapters write their numbers: ``$ABSAE_RESULTS``, else ``results/`` beside the notebook."""
+    folder = Path(os.environ.get("ABSAE_RESULTS", "results"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def record(chapter: str, s: Settings, **numbers: Any) -> Path:
+    """Merge ``numbers`` into ``<results>/<chapter>.<profile>.json`` (with the settings that produced them)."""
+    path = results_dir() / f"{chapter}.{s.profile}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(_plain(numbers))
+    data["settings"] = _plain(asdict(s))
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return path
+
+
+def load_record(chapter: str, profile: str, folder: str | Path | None = None) -> dict[str, Any]:
+    """The numbers a chapter recorded (``{}`` if it has not run at that profile)."""
+    path = Path(folder or results_dir()) / f"{chapter}.{profile}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def on_colab() -> bool:
+    import sys
+
+    return "google.colab" in sys.modules

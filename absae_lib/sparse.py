@@ -1,0 +1,413 @@
+"""A fast training step for the k-sparse SAEs (TopK, BatchTopK, AbsTopK).
+
+A dense step pays for six [B, d_sae] × d_in matmuls: the encoder, the decoder ``z @ W_dec`` and their four
+gradients.  But z has only k non-zeros per row, so everything after the encoder matmul and the top-k is a
+*sparse* product costing O(B·k·d_in), not O(B·d_sae·d_in):
+
+    forward    recon[b]        = Σ_j v[b,j] W_dec[i[b,j]] + b_dec           (embedding_bag: gather + weighted sum)
+    backward   ∂v[b,j]         = ⟨∂recon[b], W_dec[i[b,j]]⟩                  (one gathered dot product per code)
+               ∂W_dec[n]       = Σ_{(b,j): i[b,j]=n} v[b,j] ∂recon[b]        (embedding_bag over the transposed pattern)
+               ∂W_enc[:, n]    = Σ_{(b,j): i[b,j]=n} ∂v[b,j] (x[b] − b_dec)  (the same, with the inputs)
+               ∂b_enc[n]       = Σ_{(b,j): i[b,j]=n} ∂v[b,j]
+               ∂b_dec (encoder) = −W_enc ∂b_enc                              (one [d_in, d_sae] matvec)
+
+The selection (which k latents) is piecewise constant in the weights, so its gradient is zero; each kept value
+is just pre[b, i] (through a ReLU for TopK/BatchTopK), exactly what autograd through ``topk`` + ``scatter``
+into a dense z gives.  Only the encoder matmul (and the top-k over it) still scales with d_sae.
+
+A batch of codes is stored as a flat COO list sorted by row (CSR-like): ``cols`` [N] latent ids, ``values`` [N],
+``offsets`` [B] where each row starts, ``rows`` [N] the row of each entry.  TopK and AbsTopK have N = B·k and
+``offsets = 0, k, 2k, …``; BatchTopK has N = B·k entries spread unevenly over the rows.
+
+Everything here works on plain tensors (no module), on CPU and CUDA; the step does no host synchronisation on
+CUDA (no ``.item()``, no ``nonzero``), except the optional compaction of dead latents for AuxK on CPU, where a
+sync costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MODES = ("topk", "batchtopk", "abstopk")
+
+
+# --- the sparse pattern of a batch of codes --------------------------------------------------------------------------
+
+
+class Codes(NamedTuple):
+    """A batch of B sparse code vectors over d_sae latents, as a flat list grouped by row."""
+
+    values: Tensor  # [N] the kept values (differentiable)
+    cols: Tensor  # [N] long, latent id of each value
+    rows: Tensor  # [N] long, batch row of each value (non-decreasing)
+    offsets: Tensor  # [B] long, index in ``cols`` where each row's entries start
+
+    def dense(self, d_sae: int) -> Tensor:
+        """The codes as a dense [B, d_sae] tensor (for logging and tests; it costs a [B, d_sae] write)."""
+        z = self.values.new_zeros(self.offsets.shape[0], d_sae)
+        return z.index_put((self.rows, self.cols), self.values, accumulate=True)
+
+
+def _uniform_pattern(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """[B, k] latent ids -> (cols [B·k], rows [B·k], offsets [B]) for k entries in every row."""
+    B, k = indices.shape
+    rows = torch.arange(B, device=indices.device).repeat_interleave(k)
+    offsets = torch.arange(0, B * k, k, device=indices.device)
+    return indices.reshape(-1), rows, offsets
+
+
+def _offsets_from_rows(rows: Tensor, n_rows: int) -> Tensor:
+    """Start of each row's entries in a row-sorted list.  rows [N] -> offsets [n_rows]."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+def _by_latent(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
+    """The transposed pattern: ``order`` [N] sorting entries by latent, and ``latent_offsets`` [d_sae]."""
+    order = torch.argsort(cols)
+    return order, _offsets_from_rows(cols, d_sae)
+
+
+def _scatter_rows(cols: Tensor, rows: Tensor, weights: Tensor, dense: Tensor, d_sae: int) -> Tensor:
+    """out[n] = Σ_{e: cols[e]=n} weights[e] · dense[rows[e]].   cols, rows, weights [N], dense [B, d] -> [d_sae, d]
+
+    Summing rows of ``dense`` into latent buckets is an embedding_bag over the pattern sorted by latent; it never
+    builds the [N, d] matrix of scaled rows that ``index_add_`` would need.
+    """
+    order, latent_offsets = _by_latent(cols, d_sae)
+    return F.embedding_bag(rows[order], dense, latent_offsets, per_sample_weights=weights[order], mode="sum")
+
+
+def _gather_dot(cols: Tensor, rows: Tensor, offsets: Tensor, a: Tensor, table: Tensor) -> Tensor:
+    """out[e] = ⟨a[rows[e]], table[cols[e]]⟩.   a [B, d], table [d_sae, d] -> [N]
+
+    This is exactly the gradient of embedding_bag with respect to its per-sample weights, so we call that kernel:
+    it reads each table row once per use and never materialises the gathered [N, d] block.
+    """
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(a, table, cols, offsets, rows, 0)
+
+
+def _no_autocast(t: Tensor):
+    """A context with autocast off on ``t``'s device: the sparse parts are cheap, so they stay in full precision."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
+# --- the two autograd Functions --------------------------------------------------------------------------------------
+
+
+class _SparseDecode(torch.autograd.Function):
+    """recon [B, d_in] = Σ_e values[e] W_dec[cols[e]] summed per row."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, W_dec: Tensor, cols: Tensor, rows: Tensor, offsets: Tensor) -> Tensor:
+        ctx.save_for_backward(values, W_dec, cols, rows, offsets)
+        with _no_autocast(W_dec):
+            return F.embedding_bag(cols, W_dec, offsets, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, W_dec, cols, rows, offsets = ctx.saved_tensors
+        grad_out = grad_out.to(W_dec.dtype).contiguous()
+        grad_values = grad_W_dec = None
+        with _no_autocast(W_dec):
+            if ctx.needs_input_grad[0]:
+                grad_values = _gather_dot(cols, rows, offsets, grad_out, W_dec)
+            if ctx.needs_input_grad[1]:
+                grad_W_dec = _scatter_rows(cols, rows, values, grad_out, W_dec.shape[0])
+        return grad_values, grad_W_dec, None, None, None
+
+
+class _SparseEncode(torch.autograd.Function):
+    """values[e] = pre[rows[e], cols[e]] with pre = (x − b_dec) @ W_enc + b_enc, given ``pre`` already computed.
+
+    The forward only gathers; the backward touches only the N selected entries of ∂pre.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor, cols: Tensor,
+                rows: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, cols, rows)
+        return pre[rows, cols].to(W_enc.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor):
+        x, W_enc, b_dec, cols, rows = ctx.saved_tensors
+        with _no_autocast(W_enc):
+            return _SparseEncode._backward(ctx, grad_values.to(W_enc.dtype), x, W_enc, b_dec, cols, rows)
+
+    @staticmethod
+    def _backward(ctx, grad_values: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor, cols: Tensor, rows: Tensor):
+        d_sae = W_enc.shape[1]
+        need_x, need_W, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
+        grad_x = grad_W_enc = grad_b_enc = grad_b_dec = None
+        if need_W:
+            x_centered = x.to(W_enc.dtype) - b_dec
+            # Built as [d_sae, d_in] rows and handed back transposed; autograd copies it into W_enc's layout.
+            grad_W_enc = _scatter_rows(cols, rows, grad_values, x_centered, d_sae).T
+        if need_b_enc or need_b_dec:
+            grad_b_enc = torch.zeros(d_sae, dtype=W_enc.dtype, device=W_enc.device).index_add_(0, cols, grad_values)
+        if need_b_dec:
+            # ∂/∂b_dec of Σ_b (x[b] − b_dec)·W_enc[:, n] is −Σ_b ∂pre[b] W_encᵀ = −W_enc (Σ_b ∂pre[b]) = −W_enc ∂b_enc.
+            grad_b_dec = -(W_enc @ grad_b_enc)
+        if need_x:
+            # ∂x[b] = Σ_j ∂v[b,j] W_enc[:, i[b,j]]: a decode through W_encᵀ (only needed when x itself is learned).
+            # (_scatter_rows with the roles of rows and latents swapped; the entries need not be grouped by row.)
+            grad_x = _scatter_rows(rows, cols, grad_values, W_enc.T.contiguous(), x.shape[0]).to(x.dtype)
+        return grad_x, grad_W_enc, grad_b_enc if need_b_enc else None, grad_b_dec, None, None, None
+
+
+# --- public building blocks ------------------------------------------------------------------------------------------
+
+
+def _flat(indices: Tensor, values: Tensor, offsets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if indices.dtype != torch.long:
+        raise ValueError(f"indices must be a long tensor, got {indices.dtype}")
+    if indices.shape != values.shape:
+        raise ValueError(f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must have the same shape")
+    if offsets is None:
+        if indices.dim() != 2:
+            raise ValueError(f"without offsets, indices must be [B, k]; got shape {tuple(indices.shape)}")
+        cols, rows, offsets = _uniform_pattern(indices)
+        return cols, rows, offsets, values.reshape(-1)
+    if indices.dim() != 1:
+        raise ValueError(f"with offsets, indices must be a flat [N] list; got shape {tuple(indices.shape)}")
+    counts = torch.diff(offsets, append=offsets.new_tensor([indices.shape[0]]))
+    # output_size spares CUDA a host sync to learn the length.
+    rows = torch.repeat_interleave(torch.arange(offsets.shape[0], device=offsets.device), counts,
+                                   output_size=indices.shape[0])
+    return indices, rows, offsets, values
+
+
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """Σ_j values[b, j] · W_dec[indices[b, j]]: the decoder applied to sparse codes, without b_dec.
+
+    indices [B, k] long and values [B, k]; or flat [N] lists grouped by row with ``offsets`` [B] (where each row
+    starts).  W_dec [d_sae, d_in].  Returns [B, d_in].  Differentiable in values and W_dec, at O(B·k·d_in) cost
+    both ways; the same as ``dense_z @ W_dec`` with dense_z the codes scattered into [B, d_sae].
+    """
+    if W_dec.dim() != 2:
+        raise ValueError(f"W_dec must be [d_sae, d_in], got shape {tuple(W_dec.shape)}")
+    cols, rows, offsets, flat_values = _flat(indices, values, offsets)
+    return _SparseDecode.apply(flat_values.to(W_dec.dtype), W_dec, cols, rows, offsets)
+
+
+def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, indices: Tensor,
+                  pre: Tensor | None = None) -> Tensor:
+    """pre[b, indices[b, j]] for pre = (x − b_dec) @ W_enc + b_enc, with a backward that costs O(B·k·d_in).
+
+    x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in], indices [B, k] long.  ``pre`` [B, d_sae]
+    (detached, any float dtype) is the pre-activation if already computed; it is recomputed otherwise.
+    Returns [B, k], differentiable in x, W_enc, b_enc and b_dec.
+    """
+    if pre is None:
+        with torch.no_grad():
+            pre = torch.addmm(b_enc, x.to(W_enc.dtype) - b_dec, W_enc)
+    cols, rows, _ = _uniform_pattern(indices)
+    return _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre.detach(), cols, rows).reshape(indices.shape)
+
+
+# --- selection ---------------------------------------------------------------------------------------------------------
+
+
+def _check_k(k: int, d_sae: int, what: str = "k") -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae:
+        raise ValueError(f"{what} must be an int in [1, d_sae = {d_sae}], got {k!r}")
+
+
+def select(pre: Tensor, k: int, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Which latents each row keeps: (cols [N], rows [N], offsets [B]), rows sorted, no gradient.
+
+    topk: the k largest pre per row (a kept non-positive value becomes 0 after the ReLU, like a dropped one);
+    abstopk: the k largest |pre| per row; batchtopk: the B·k largest pre over the whole batch.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if pre.dim() != 2:
+        raise ValueError(f"pre must be [B, d_sae], got shape {tuple(pre.shape)}")
+    B, d_sae = pre.shape
+    _check_k(k, d_sae)
+    with torch.no_grad():
+        if mode == "topk":
+            indices = pre.topk(k, dim=-1, sorted=False).indices
+        elif mode == "abstopk":
+            indices = pre.abs().topk(k, dim=-1, sorted=False).indices
+        else:
+            # ReLU is monotone, so ranking pre ranks ReLU(pre); sorting the flat positions groups them by row.
+            flat = pre.reshape(-1).topk(B * k, sorted=False).indices.sort().values
+            rows, cols = flat // d_sae, flat % d_sae
+            return cols, rows, _offsets_from_rows(rows, B)
+        return _uniform_pattern(indices)
+
+
+def _encoder_matmul(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """pre = (x − b_dec) @ W_enc + b_enc with no graph, in the autocast dtype when autocast is on.  [B, d_sae]"""
+    device_type = W_enc.device.type
+    x_centered = x.to(W_enc.dtype) - b_dec
+    with torch.no_grad():
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            return torch.addmm(b_enc.to(dtype), x_centered.to(dtype), W_enc.to(dtype))
+        return torch.addmm(b_enc, x_centered, W_enc)
+
+
+# --- AuxK --------------------------------------------------------------------------------------------------------------
+
+
+def auxk_select(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool,
+                compact: bool | None = None) -> tuple[Tensor, Tensor]:
+    """The top-k_aux dead latents of each row: (indices [B, m] long, keep [B, m] float 0/1), no gradient.
+
+    Dead latents compete by |pre| when ``signed`` (AbsTopK) and by pre (i.e. ReLU(pre)) otherwise.  ``keep`` is 0
+    where a row ran out of dead latents (fewer than k_aux are dead), so those picks contribute nothing.
+    ``compact`` (default: on CPU) gathers the dead columns first, m = min(k_aux, n_dead): cheaper when few are
+    dead, but it needs a host sync, free on CPU.  Otherwise a mask keeps the step sync-free (m = k_aux).
+    """
+    B, d_sae = pre.shape
+    if dead_mask.shape != (d_sae,) or dead_mask.dtype != torch.bool:
+        raise ValueError(f"dead_mask must be a bool tensor of shape ({d_sae},), got {dead_mask.dtype} {tuple(dead_mask.shape)}")
+    _check_k(k_aux, d_sae, "k_aux")
+    with torch.no_grad():
+        if compact if compact is not None else pre.device.type == "cpu":
+            dead_ids = dead_mask.nonzero().squeeze(1)
+            m = min(k_aux, dead_ids.numel())
+            if m == 0:
+                return torch.zeros(B, 0, dtype=torch.long), pre.new_zeros(B, 0)
+            sub = pre.index_select(1, dead_ids)
+            picked = (sub.abs() if signed else sub).topk(m, dim=-1, sorted=False).indices
+            return dead_ids[picked], pre.new_ones(B, m)
+        scores = (pre.abs() if signed else pre).masked_fill(~dead_mask, float("-inf"))
+        indices = scores.topk(k_aux, dim=-1, sorted=False).indices
+        return indices, dead_mask[indices].to(pre.dtype)
+
+
+def auxk_loss_from_codes(indices: Tensor, values: Tensor, residual: Tensor, W_dec: Tensor) -> Tensor:
+    """‖e − ê‖² / ‖e − ē‖² with ê = sparse_decode(indices, values, W_dec) (no b_dec) and e = ``residual`` [B, d_in].
+
+    The normalisation by the residual's own variance (summed over the batch; ē its batch mean) is the
+    ``normalized_mse`` of Gao et al.'s code: the loss is 1 for ê = ē, whatever the scale of the residual.
+    Returns 0 when no latent was picked.
+    """
+    e = residual.detach()
+    if indices.shape[-1] == 0:
+        return e.new_zeros(())
+    e_hat = sparse_decode(indices, values, W_dec)
+    return (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def auxk_loss(pre: Tensor, dead_mask: Tensor, residual: Tensor, W_dec: Tensor, k_aux: int, signed: bool) -> Tensor:
+    """AuxK (Gao et al. 2024): the top-k_aux *dead* latents of each row try to reconstruct the residual.
+
+    pre [B, d_sae] (its gradient flows through the picked entries), dead_mask [d_sae] bool, residual [B, d_in]
+    (x − recon, detached here), W_dec [d_sae, d_in].  Values are pre (signed) or ReLU(pre).  Returns the scalar
+    ‖e − ê‖² / ‖e − ē‖² (see ``auxk_loss_from_codes``), 0 when no latent is dead.
+    """
+    indices, keep = auxk_select(pre, dead_mask, k_aux, signed)
+    values = pre.gather(-1, indices)
+    values = (values if signed else torch.relu(values)) * keep
+    loss = auxk_loss_from_codes(indices, values, residual, W_dec)
+    return loss * dead_mask.any()  # 0 when nothing is dead, without a host sync
+
+
+# --- the whole forward pass ----------------------------------------------------------------------------------------------
+
+
+class SparseForward(NamedTuple):
+    recon: Tensor  # [B, d_in]
+    codes: Codes  # the kept codes (values differentiable)
+    pre: Tensor  # [B, d_sae] pre-activations, detached (no gradient flows through this tensor)
+    aux_loss: Tensor  # scalar AuxK loss (0 without a dead mask)
+
+    def fired(self, d_sae: int) -> Tensor:
+        """[d_sae] bool: latents with a non-zero code somewhere in the batch."""
+        counts = torch.zeros(d_sae, device=self.recon.device).index_add_(0, self.codes.cols, (self.codes.values != 0).float())
+        return counts > 0
+
+    def l0(self) -> Tensor:
+        """Mean number of non-zero codes per row (a scalar tensor)."""
+        return (self.codes.values != 0).sum() / self.codes.offsets.shape[0]
+
+
+def sparse_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, mode: str,
+                   dead_mask: Tensor | None = None, k_aux: int | None = None) -> SparseForward:
+    """The k-sparse SAE forward pass with a sparse backward.  x [B, d_in] -> SparseForward.
+
+    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]; mode "topk", "batchtopk" or
+    "abstopk".  Gradients reach all four parameters exactly as through the dense ``scatter`` + ``z @ W_dec``,
+    but only the encoder matmul and the top-k scale with d_sae.  Under ``torch.autocast`` the encoder matmul
+    runs in the autocast dtype; the sparse parts stay in the parameters' dtype.
+
+    With ``dead_mask`` [d_sae] bool and ``k_aux``, also computes the AuxK loss (see ``auxk_loss``) on the
+    detached residual x − recon; its gradient, like the main one, touches only the picked latents.
+    """
+    if x.dim() != 2 or x.shape[1] != W_enc.shape[0]:
+        raise ValueError(f"x must be [B, d_in = {W_enc.shape[0]}], got shape {tuple(x.shape)}")
+    if W_dec.shape != W_enc.T.shape:
+        raise ValueError(f"W_dec must be [d_sae, d_in] = {tuple(W_enc.T.shape)}, got {tuple(W_dec.shape)}")
+    if (dead_mask is None) != (k_aux is None):
+        raise ValueError("pass both dead_mask and k_aux for AuxK, or neither")
+    B, d_sae = x.shape[0], W_enc.shape[1]
+    pre = _encoder_matmul(x, W_enc, b_enc, b_dec)
+    cols, rows, offsets = select(pre, k, mode)
+    n_main = cols.shape[0]
+    if dead_mask is not None:
+        aux_indices, keep = auxk_select(pre, dead_mask, k_aux, signed=mode == "abstopk")
+        aux_cols, aux_rows, _ = _uniform_pattern(aux_indices)
+        # One encoder backward for both sets of picks: concatenate them.
+        cols_all, rows_all = torch.cat([cols, aux_cols]), torch.cat([rows, aux_rows])
+    else:
+        cols_all, rows_all = cols, rows
+    all_values = _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre, cols_all, rows_all)
+    if mode != "abstopk":
+        all_values = torch.relu(all_values)
+    values = all_values[:n_main]
+    recon = _SparseDecode.apply(values, W_dec, cols, rows, offsets) + b_dec
+    aux = recon.new_zeros(())
+    if dead_mask is not None and aux_cols.numel() > 0:
+        aux_values = (all_values[n_main:] * keep.reshape(-1)).reshape(aux_indices.shape)
+        aux = auxk_loss_from_codes(aux_indices, aux_values, x - recon, W_dec) * dead_mask.any()
+    return SparseForward(recon=recon, codes=Codes(values, cols, rows, offsets), pre=pre, aux_loss=aux)
+
+
+# --- one training step ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def remove_parallel_grad_(W_dec: Tensor) -> None:
+    """Drop the part of each decoder row's gradient along the row (it would only change the row's norm)."""
+    if W_dec.grad is None:
+        return
+    rows = W_dec / W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    W_dec.grad -= (W_dec.grad * rows).sum(-1, keepdim=True) * rows
+
+
+@torch.no_grad()
+def normalize_rows_(W_dec: Tensor) -> None:
+    """Rescale every decoder row to unit norm, in place."""
+    W_dec /= W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+def fast_step(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, optimizer: torch.optim.Optimizer,
+              x: Tensor, k: int, mode: str, dead_mask: Tensor | None = None, k_aux: int | None = None,
+              aux_coefficient: float = 1 / 32, unit_norm_decoder: bool = True) -> dict[str, Tensor]:
+    """One optimizer step on ‖x − recon‖² (summed over d_in, averaged over the batch) + aux_coefficient·AuxK.
+
+    The four parameters are the leaf tensors ``optimizer`` updates.  With ``unit_norm_decoder`` the decoder's
+    gradient loses its along-row part before the step and the rows are renormalised after it.  Returns scalar
+    tensors (no host sync): loss, mse, aux, l0; and ``fired`` [d_sae] bool.
+    """
+    out = sparse_forward(x, W_enc, b_enc, W_dec, b_dec, k, mode, dead_mask, k_aux)
+    mse = (x - out.recon).pow(2).sum(-1).mean()
+    loss = mse + aux_coefficient * out.aux_loss if dead_mask is not None else mse
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if unit_norm_decoder:
+        remove_parallel_grad_(W_dec)
+    optimizer.step()
+    if unit_norm_decoder:
+        normalize_rows_(W_dec)
+    return {"loss": loss.detach(), "mse": mse.detach(), "aux": out.aux_loss.detach(), "l0": out.l0(),
+            "fired": out.fired(W_enc.shape[1])}
