@@ -354,3 +354,17 @@ def validate_hook(model: HookedTransformer, hook: str) -> str:
         f"{model.cfg.model_name} has no hook {hook!r}. Layers are 0..{n_layers - 1}; hooks in block 0 include "
         f"{examples}."
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m absae_lib.models convert``: convert the embedded GGUF once and cache it (``make setup`` runs this)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the embedded model's cache")
+    parser.add_argument("command", choices=["convert"])
+    parser.parse_args(argv)
+    print(f"embedded model ready in {embedded_model_folder()}")
+
+
+if __name__ == "__main__":
+    main()

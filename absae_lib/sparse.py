@@ -35,6 +35,39 @@ from torch import Tensor
 MODES = ("topk", "batchtopk", "abstopk")
 
 
+# --- reusable buffers --------------------------------------------------------------------------------------------------
+
+
+class Workspace:
+    """Buffers for the big [B, d_sae] intermediates (pre-activations, |pre|, masks), reused from step to step.
+
+    Why: on CPU a fresh tensor of tens of MB is a fresh ``mmap``, and touching it page-faults on every 4 KiB page.
+    On the 2-core VM this was written on, writing |pre| ([4096, 4608] fp32) into a fresh tensor took 93 ms and
+    into a reused one 16 ms.  A tensor taken from a workspace is overwritten by the next call that uses it.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor of ``shape``, backed by the buffer ``name`` (grown when too small)."""
+        numel = 1
+        for size in shape:
+            numel *= size
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != torch.device(device):
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[name] = buf
+        return buf[:numel].view(shape)
+
+
+def _take(workspace: Workspace | None, name: str, shape: tuple[int, ...], like: Tensor,
+          dtype: torch.dtype | None = None) -> Tensor | None:
+    if workspace is None:
+        return None
+    return workspace.take(name, shape, dtype or like.dtype, like.device)
+
+
 # --- the sparse pattern of a batch of codes --------------------------------------------------------------------------
 
 
@@ -60,33 +93,37 @@ def _uniform_pattern(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return indices.reshape(-1), rows, offsets
 
 
-def _offsets_from_rows(rows: Tensor, n_rows: int) -> Tensor:
-    """Start of each row's entries in a row-sorted list.  rows [N] -> offsets [n_rows]."""
-    counts = torch.bincount(rows, minlength=n_rows)
+def _starts(ids: Tensor, n: int) -> Tensor:
+    """Where each of the n groups starts in a list sorted by group id.  ids [N] -> [n]."""
+    counts = torch.bincount(ids, minlength=n)
     return torch.cumsum(counts, 0) - counts
 
 
 def _by_latent(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
-    """The transposed pattern: ``order`` [N] sorting entries by latent, and ``latent_offsets`` [d_sae]."""
-    order = torch.argsort(cols)
-    return order, _offsets_from_rows(cols, d_sae)
+    """The transposed pattern: ``order`` [N] listing the entries latent by latent, ``latent_offsets`` [d_sae].
 
-
-def _scatter_rows(cols: Tensor, rows: Tensor, weights: Tensor, dense: Tensor, d_sae: int) -> Tensor:
-    """out[n] = Σ_{e: cols[e]=n} weights[e] · dense[rows[e]].   cols, rows, weights [N], dense [B, d] -> [d_sae, d]
-
-    Summing rows of ``dense`` into latent buckets is an embedding_bag over the pattern sorted by latent; it never
-    builds the [N, d] matrix of scaled rows that ``index_add_`` would need.
+    Sorted as int32: PyTorch's CPU sort of int64 keys is a parallel radix sort that stalls badly when the cores
+    are shared (measured 2 ms alone, 300 ms beside other jobs); the int32 sort does not.
     """
-    order, latent_offsets = _by_latent(cols, d_sae)
-    return F.embedding_bag(rows[order], dense, latent_offsets, per_sample_weights=weights[order], mode="sum")
+    return torch.argsort(cols.to(torch.int32)), _starts(cols, d_sae)
+
+
+def _scatter_rows(order: Tensor, latent_offsets: Tensor, rows: Tensor, weights: Tensor, dense: Tensor) -> Tensor:
+    """out[n] = Σ_{e: cols[e]=n} weights[e] · dense[rows[e]].   rows, weights [N], dense [B, d] -> [d_sae, d]
+
+    Summing rows of ``dense`` into latent buckets is an embedding_bag over the entries listed latent by latent
+    (``order``, ``latent_offsets`` from ``_by_latent``); it never builds the [N, d] block of scaled rows that
+    ``index_add_`` would need.
+    """
+    return F.embedding_bag(rows.index_select(0, order), dense, latent_offsets,
+                           per_sample_weights=weights.index_select(0, order), mode="sum")
 
 
 def _gather_dot(cols: Tensor, rows: Tensor, offsets: Tensor, a: Tensor, table: Tensor) -> Tensor:
-    """out[e] = ⟨a[rows[e]], table[cols[e]]⟩.   a [B, d], table [d_sae, d] -> [N]
+    """out[e] = ⟨a[rows[e]], table[cols[e]]⟩.   a [B, d], table [d_sae, d] -> [N]   (entries grouped by row)
 
-    This is exactly the gradient of embedding_bag with respect to its per-sample weights, so we call that kernel:
-    it reads each table row once per use and never materialises the gathered [N, d] block.
+    This is the gradient of embedding_bag with respect to its per-sample weights, so we call that kernel: it
+    reads each table row once per use and never materialises the gathered [N, d] block.
     """
     return torch.ops.aten._embedding_bag_per_sample_weights_backward(a, table, cols, offsets, rows, 0)
 
@@ -100,70 +137,89 @@ def _no_autocast(t: Tensor):
 
 
 class _SparseDecode(torch.autograd.Function):
-    """recon [B, d_in] = Σ_e values[e] W_dec[cols[e]] summed per row."""
+    """recon [B, d_in] = Σ_e values[e] W_dec[cols[e]] summed per row (entries grouped by row)."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, W_dec: Tensor, cols: Tensor, rows: Tensor, offsets: Tensor) -> Tensor:
-        ctx.save_for_backward(values, W_dec, cols, rows, offsets)
+    def forward(ctx, values: Tensor, W_dec: Tensor, cols: Tensor, rows: Tensor, offsets: Tensor, order: Tensor,
+                latent_offsets: Tensor) -> Tensor:
+        ctx.save_for_backward(values, W_dec, cols, rows, offsets, order, latent_offsets)
         with _no_autocast(W_dec):
             return F.embedding_bag(cols, W_dec, offsets, per_sample_weights=values, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        values, W_dec, cols, rows, offsets = ctx.saved_tensors
+        values, W_dec, cols, rows, offsets, order, latent_offsets = ctx.saved_tensors
         grad_out = grad_out.to(W_dec.dtype).contiguous()
         grad_values = grad_W_dec = None
         with _no_autocast(W_dec):
             if ctx.needs_input_grad[0]:
                 grad_values = _gather_dot(cols, rows, offsets, grad_out, W_dec)
             if ctx.needs_input_grad[1]:
-                grad_W_dec = _scatter_rows(cols, rows, values, grad_out, W_dec.shape[0])
-        return grad_values, grad_W_dec, None, None, None
+                grad_W_dec = _scatter_rows(order, latent_offsets, rows, values, grad_out)
+        return grad_values, grad_W_dec, None, None, None, None, None
 
 
 class _SparseEncode(torch.autograd.Function):
     """values[e] = pre[rows[e], cols[e]] with pre = (x − b_dec) @ W_enc + b_enc, given ``pre`` already computed.
 
-    The forward only gathers; the backward touches only the N selected entries of ∂pre.
+    The forward only gathers; the backward touches only the N selected entries of ∂pre.  Entries may come in
+    any order (``order``/``latent_offsets`` list them latent by latent).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor, cols: Tensor,
-                rows: Tensor) -> Tensor:
-        ctx.save_for_backward(x, W_enc, b_dec, cols, rows)
-        return pre[rows, cols].to(W_enc.dtype)
+                rows: Tensor, order: Tensor, latent_offsets: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, cols, rows, order, latent_offsets)
+        # A flat index_select: much quicker on CPU than the 2-D advanced indexing pre[rows, cols].
+        return pre.reshape(-1).index_select(0, rows * pre.shape[1] + cols).to(W_enc.dtype)
 
     @staticmethod
     def backward(ctx, grad_values: Tensor):
-        x, W_enc, b_dec, cols, rows = ctx.saved_tensors
-        with _no_autocast(W_enc):
-            return _SparseEncode._backward(ctx, grad_values.to(W_enc.dtype), x, W_enc, b_dec, cols, rows)
-
-    @staticmethod
-    def _backward(ctx, grad_values: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor, cols: Tensor, rows: Tensor):
-        d_sae = W_enc.shape[1]
+        x, W_enc, b_dec, cols, rows, order, latent_offsets = ctx.saved_tensors
         need_x, need_W, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
+        grad_values = grad_values.to(W_enc.dtype)
+        d_sae = W_enc.shape[1]
         grad_x = grad_W_enc = grad_b_enc = grad_b_dec = None
-        if need_W:
-            x_centered = x.to(W_enc.dtype) - b_dec
-            # Built as [d_sae, d_in] rows and handed back transposed; autograd copies it into W_enc's layout.
-            grad_W_enc = _scatter_rows(cols, rows, grad_values, x_centered, d_sae).T
-        if need_b_enc or need_b_dec:
-            grad_b_enc = torch.zeros(d_sae, dtype=W_enc.dtype, device=W_enc.device).index_add_(0, cols, grad_values)
-        if need_b_dec:
-            # ∂/∂b_dec of Σ_b (x[b] − b_dec)·W_enc[:, n] is −Σ_b ∂pre[b] W_encᵀ = −W_enc (Σ_b ∂pre[b]) = −W_enc ∂b_enc.
-            grad_b_dec = -(W_enc @ grad_b_enc)
-        if need_x:
-            # ∂x[b] = Σ_j ∂v[b,j] W_enc[:, i[b,j]]: a decode through W_encᵀ (only needed when x itself is learned).
-            # (_scatter_rows with the roles of rows and latents swapped; the entries need not be grouped by row.)
-            grad_x = _scatter_rows(rows, cols, grad_values, W_enc.T.contiguous(), x.shape[0]).to(x.dtype)
-        return grad_x, grad_W_enc, grad_b_enc if need_b_enc else None, grad_b_dec, None, None, None
+        with _no_autocast(W_enc):
+            if need_W:
+                x_centered = x.to(W_enc.dtype) - b_dec
+                # Built as [d_sae, d_in] rows and handed back transposed; autograd copies it into W_enc's layout.
+                grad_W_enc = _scatter_rows(order, latent_offsets, rows, grad_values, x_centered).T
+            if need_b_enc or need_b_dec:
+                grad_b_enc = torch.zeros(d_sae, dtype=W_enc.dtype, device=W_enc.device).index_add_(0, cols, grad_values)
+            if need_b_dec:
+                # ∂/∂b_dec of (x[b] − b_dec)·W_enc[:, n] summed with weights ∂pre[b, n] is −W_enc Σ_b ∂pre[b] = −W_enc ∂b_enc.
+                grad_b_dec = -(W_enc @ grad_b_enc)
+            if need_x:
+                # ∂x[b] = Σ_e ∂v[e] W_enc[:, cols[e]] over the row's entries: the same bucket sum with the roles of
+                # rows and latents swapped (only needed when x itself is learned).
+                by_row, row_offsets = _by_latent(rows, x.shape[0])
+                grad_x = _scatter_rows(by_row, row_offsets, cols, grad_values, W_enc.T.contiguous()).to(x.dtype)
+        return grad_x, grad_W_enc, grad_b_enc if need_b_enc else None, grad_b_dec, None, None, None, None, None
+
+
+def _decode(values: Tensor, W_dec: Tensor, cols: Tensor, rows: Tensor, offsets: Tensor) -> Tensor:
+    order, latent_offsets = _by_latent(cols, W_dec.shape[0])
+    return _SparseDecode.apply(values.to(W_dec.dtype), W_dec, cols, rows, offsets, order, latent_offsets)
+
+
+def _encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor, cols: Tensor, rows: Tensor) -> Tensor:
+    order, latent_offsets = _by_latent(cols, W_enc.shape[1])
+    return _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre.detach(), cols, rows, order, latent_offsets)
 
 
 # --- public building blocks ------------------------------------------------------------------------------------------
 
 
-def _flat(indices: Tensor, values: Tensor, offsets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """Σ_j values[b, j] · W_dec[indices[b, j]]: the decoder applied to sparse codes, without b_dec.
+
+    indices [B, k] long and values [B, k]; or flat [N] lists grouped by row with ``offsets`` [B] (where each row
+    starts).  W_dec [d_sae, d_in].  Returns [B, d_in].  Differentiable in values and W_dec at O(B·k·d_in) cost
+    both ways; equal to ``dense_z @ W_dec`` with dense_z the codes scattered into [B, d_sae].
+    """
+    if W_dec.dim() != 2:
+        raise ValueError(f"W_dec must be [d_sae, d_in], got shape {tuple(W_dec.shape)}")
     if indices.dtype != torch.long:
         raise ValueError(f"indices must be a long tensor, got {indices.dtype}")
     if indices.shape != values.shape:
@@ -172,27 +228,15 @@ def _flat(indices: Tensor, values: Tensor, offsets: Tensor | None) -> tuple[Tens
         if indices.dim() != 2:
             raise ValueError(f"without offsets, indices must be [B, k]; got shape {tuple(indices.shape)}")
         cols, rows, offsets = _uniform_pattern(indices)
-        return cols, rows, offsets, values.reshape(-1)
-    if indices.dim() != 1:
-        raise ValueError(f"with offsets, indices must be a flat [N] list; got shape {tuple(indices.shape)}")
+        return _decode(values.reshape(-1), W_dec, cols, rows, offsets)
+    if indices.dim() != 1 or offsets.dim() != 1:
+        raise ValueError(f"with offsets, indices and offsets must be flat lists; got shapes "
+                         f"{tuple(indices.shape)} and {tuple(offsets.shape)}")
     counts = torch.diff(offsets, append=offsets.new_tensor([indices.shape[0]]))
     # output_size spares CUDA a host sync to learn the length.
     rows = torch.repeat_interleave(torch.arange(offsets.shape[0], device=offsets.device), counts,
                                    output_size=indices.shape[0])
-    return indices, rows, offsets, values
-
-
-def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, offsets: Tensor | None = None) -> Tensor:
-    """Σ_j values[b, j] · W_dec[indices[b, j]]: the decoder applied to sparse codes, without b_dec.
-
-    indices [B, k] long and values [B, k]; or flat [N] lists grouped by row with ``offsets`` [B] (where each row
-    starts).  W_dec [d_sae, d_in].  Returns [B, d_in].  Differentiable in values and W_dec, at O(B·k·d_in) cost
-    both ways; the same as ``dense_z @ W_dec`` with dense_z the codes scattered into [B, d_sae].
-    """
-    if W_dec.dim() != 2:
-        raise ValueError(f"W_dec must be [d_sae, d_in], got shape {tuple(W_dec.shape)}")
-    cols, rows, offsets, flat_values = _flat(indices, values, offsets)
-    return _SparseDecode.apply(flat_values.to(W_dec.dtype), W_dec, cols, rows, offsets)
+    return _decode(values, W_dec, indices, rows, offsets)
 
 
 def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, indices: Tensor,
@@ -204,10 +248,28 @@ def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, indice
     Returns [B, k], differentiable in x, W_enc, b_enc and b_dec.
     """
     if pre is None:
-        with torch.no_grad():
-            pre = torch.addmm(b_enc, x.to(W_enc.dtype) - b_dec, W_enc)
+        pre = encoder_matmul(x, W_enc, b_enc, b_dec)
     cols, rows, _ = _uniform_pattern(indices)
-    return _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre.detach(), cols, rows).reshape(indices.shape)
+    return _encode(x, W_enc, b_enc, b_dec, pre, cols, rows).reshape(indices.shape)
+
+
+def encoder_matmul(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, workspace: Workspace | None = None) -> Tensor:
+    """pre = (x − b_dec) @ W_enc + b_enc, outside autograd.  [B, d_in] -> [B, d_sae]
+
+    Under ``torch.autocast`` it runs in the autocast dtype (bf16 where that is fast); with a ``workspace`` the
+    result lands in a reused buffer.
+    """
+    device_type = W_enc.device.type
+    with torch.no_grad():
+        x_centered = x.to(W_enc.dtype) - b_dec
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            x_centered, W, b = x_centered.to(dtype), W_enc.to(dtype), b_enc.to(dtype)
+        else:
+            W, b = W_enc, b_enc
+        out = _take(workspace, "pre", (x.shape[0], W.shape[1]), W)
+        with _no_autocast(W):
+            return torch.addmm(b, x_centered, W, out=out) if out is not None else torch.addmm(b, x_centered, W)
 
 
 # --- selection ---------------------------------------------------------------------------------------------------------
@@ -218,11 +280,46 @@ def _check_k(k: int, d_sae: int, what: str = "k") -> None:
         raise ValueError(f"{what} must be an int in [1, d_sae = {d_sae}], got {k!r}")
 
 
-def select(pre: Tensor, k: int, mode: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Which latents each row keeps: (cols [N], rows [N], offsets [B]), rows sorted, no gradient.
+def _largest_flat(pre: Tensor, n: int, workspace: Workspace | None) -> Tensor:
+    """Flat positions (ascending) of the n largest entries of pre [B, d_sae], ties broken by position.  [n]
+
+    A full ``topk`` over all B·d_sae entries is slow on CPU (about 7× a row-wise top-k), so on CPU we guess a
+    threshold a little below the n-th largest value from a fixed sample of entries, keep the entries above it
+    (one compare pass), and finish exactly on those few candidates.  Too high a guess is detected and retried
+    lower.  This needs host syncs, which are free on CPU; on CUDA the plain ``topk`` is fast and sync-free.
+    """
+    flat = pre.reshape(-1)
+    total = flat.numel()
+    if pre.device.type != "cpu" or n * 4 > total:
+        return flat.topk(n, sorted=False).indices.sort().values
+    generator = torch.Generator().manual_seed(0)  # a fixed sample: no draw from the caller's random stream
+    sample = flat[torch.randint(0, total, (min(total, 1 << 17),), generator=generator)]
+    margin = 1.2
+    while True:
+        # the threshold the sample puts just below the top n·margin entries
+        above = min(sample.numel(), int(sample.numel() * n * margin / total) + 1)
+        threshold = sample.kthvalue(sample.numel() - above + 1).values if above < sample.numel() else None
+        if threshold is None:
+            candidates = torch.arange(total)
+            break
+        mask = _take(workspace, "mask", (total,), flat, torch.bool)
+        mask = torch.ge(flat, threshold, out=mask) if mask is not None else flat >= threshold
+        candidates = mask.nonzero().squeeze(1)
+        if candidates.numel() >= n:
+            break
+        margin *= 4
+    values = flat[candidates]
+    kth = values.kthvalue(values.numel() - n + 1).values  # the n-th largest value
+    above, tied = values > kth, values == kth
+    keep = above | (tied & (torch.cumsum(tied, 0) <= n - above.sum()))
+    return candidates[keep]
+
+
+def select(pre: Tensor, k: int, mode: str, workspace: Workspace | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Which latents each row keeps: (cols [N], rows [N], offsets [B]) grouped by row, no gradient.
 
     topk: the k largest pre per row (a kept non-positive value becomes 0 after the ReLU, like a dropped one);
-    abstopk: the k largest |pre| per row; batchtopk: the B·k largest pre over the whole batch.
+    abstopk: the k largest |pre| per row; batchtopk: the N = B·k largest pre over the whole batch.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -234,32 +331,23 @@ def select(pre: Tensor, k: int, mode: str) -> tuple[Tensor, Tensor, Tensor]:
         if mode == "topk":
             indices = pre.topk(k, dim=-1, sorted=False).indices
         elif mode == "abstopk":
-            indices = pre.abs().topk(k, dim=-1, sorted=False).indices
+            scores = _take(workspace, "scores", pre.shape, pre)
+            scores = torch.abs(pre, out=scores) if scores is not None else pre.abs()
+            indices = scores.topk(k, dim=-1, sorted=False).indices
         else:
-            # ReLU is monotone, so ranking pre ranks ReLU(pre); sorting the flat positions groups them by row.
-            flat = pre.reshape(-1).topk(B * k, sorted=False).indices.sort().values
+            # ReLU is monotone, so ranking pre ranks ReLU(pre).  Ascending flat positions are grouped by row.
+            flat = _largest_flat(pre, B * k, workspace)
             rows, cols = flat // d_sae, flat % d_sae
-            return cols, rows, _offsets_from_rows(rows, B)
+            return cols, rows, _starts(rows, B)
         return _uniform_pattern(indices)
-
-
-def _encoder_matmul(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
-    """pre = (x − b_dec) @ W_enc + b_enc with no graph, in the autocast dtype when autocast is on.  [B, d_sae]"""
-    device_type = W_enc.device.type
-    x_centered = x.to(W_enc.dtype) - b_dec
-    with torch.no_grad():
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            return torch.addmm(b_enc.to(dtype), x_centered.to(dtype), W_enc.to(dtype))
-        return torch.addmm(b_enc, x_centered, W_enc)
 
 
 # --- AuxK --------------------------------------------------------------------------------------------------------------
 
 
-def auxk_select(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool,
-                compact: bool | None = None) -> tuple[Tensor, Tensor]:
-    """The top-k_aux dead latents of each row: (indices [B, m] long, keep [B, m] float 0/1), no gradient.
+def auxk_select(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool, compact: bool | None = None,
+                workspace: Workspace | None = None) -> tuple[Tensor, Tensor]:
+    """The top-k_aux dead latents of each row: (indices [B, m] long, keep [B, m] 0/1 of pre's dtype), no gradient.
 
     Dead latents compete by |pre| when ``signed`` (AbsTopK) and by pre (i.e. ReLU(pre)) otherwise.  ``keep`` is 0
     where a row ran out of dead latents (fewer than k_aux are dead), so those picks contribute nothing.
@@ -268,16 +356,18 @@ def auxk_select(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool,
     """
     B, d_sae = pre.shape
     if dead_mask.shape != (d_sae,) or dead_mask.dtype != torch.bool:
-        raise ValueError(f"dead_mask must be a bool tensor of shape ({d_sae},), got {dead_mask.dtype} {tuple(dead_mask.shape)}")
+        raise ValueError(f"dead_mask must be a bool tensor of shape ({d_sae},), "
+                         f"got {dead_mask.dtype} {tuple(dead_mask.shape)}")
     _check_k(k_aux, d_sae, "k_aux")
     with torch.no_grad():
         if compact if compact is not None else pre.device.type == "cpu":
             dead_ids = dead_mask.nonzero().squeeze(1)
             m = min(k_aux, dead_ids.numel())
             if m == 0:
-                return torch.zeros(B, 0, dtype=torch.long), pre.new_zeros(B, 0)
-            sub = pre.index_select(1, dead_ids)
-            picked = (sub.abs() if signed else sub).topk(m, dim=-1, sorted=False).indices
+                return torch.zeros(B, 0, dtype=torch.long, device=pre.device), pre.new_zeros(B, 0)
+            sub = _take(workspace, "dead", (B, dead_ids.numel()), pre)
+            sub = torch.index_select(pre, 1, dead_ids, out=sub) if sub is not None else pre.index_select(1, dead_ids)
+            picked = (sub.abs_() if signed else sub).topk(m, dim=-1, sorted=False).indices
             return dead_ids[picked], pre.new_ones(B, m)
         scores = (pre.abs() if signed else pre).masked_fill(~dead_mask, float("-inf"))
         indices = scores.topk(k_aux, dim=-1, sorted=False).indices
@@ -287,9 +377,9 @@ def auxk_select(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool,
 def auxk_loss_from_codes(indices: Tensor, values: Tensor, residual: Tensor, W_dec: Tensor) -> Tensor:
     """‖e − ê‖² / ‖e − ē‖² with ê = sparse_decode(indices, values, W_dec) (no b_dec) and e = ``residual`` [B, d_in].
 
-    The normalisation by the residual's own variance (summed over the batch; ē its batch mean) is the
-    ``normalized_mse`` of Gao et al.'s code: the loss is 1 for ê = ē, whatever the scale of the residual.
-    Returns 0 when no latent was picked.
+    indices, values [B, m].  The normalisation by the residual's own spread (sums over the batch; ē is its
+    batch mean) is the ``normalized_mse`` of Gao et al.'s code: the loss is 1 for ê = ē, whatever the residual's
+    scale.  Returns 0 when no latent was picked (m = 0).
     """
     e = residual.detach()
     if indices.shape[-1] == 0:
@@ -305,11 +395,10 @@ def auxk_loss(pre: Tensor, dead_mask: Tensor, residual: Tensor, W_dec: Tensor, k
     (x − recon, detached here), W_dec [d_sae, d_in].  Values are pre (signed) or ReLU(pre).  Returns the scalar
     ‖e − ê‖² / ‖e − ē‖² (see ``auxk_loss_from_codes``), 0 when no latent is dead.
     """
-    indices, keep = auxk_select(pre, dead_mask, k_aux, signed)
+    indices, keep = auxk_select(pre.detach(), dead_mask, k_aux, signed)
     values = pre.gather(-1, indices)
     values = (values if signed else torch.relu(values)) * keep
-    loss = auxk_loss_from_codes(indices, values, residual, W_dec)
-    return loss * dead_mask.any()  # 0 when nothing is dead, without a host sync
+    return auxk_loss_from_codes(indices, values, residual, W_dec) * dead_mask.any()  # 0 if none dead, no sync
 
 
 # --- the whole forward pass ----------------------------------------------------------------------------------------------
@@ -318,13 +407,12 @@ def auxk_loss(pre: Tensor, dead_mask: Tensor, residual: Tensor, W_dec: Tensor, k
 class SparseForward(NamedTuple):
     recon: Tensor  # [B, d_in]
     codes: Codes  # the kept codes (values differentiable)
-    pre: Tensor  # [B, d_sae] pre-activations, detached (no gradient flows through this tensor)
+    pre: Tensor  # [B, d_sae] pre-activations, detached (a workspace buffer when one was given)
     aux_loss: Tensor  # scalar AuxK loss (0 without a dead mask)
 
     def fired(self, d_sae: int) -> Tensor:
         """[d_sae] bool: latents with a non-zero code somewhere in the batch."""
-        counts = torch.zeros(d_sae, device=self.recon.device).index_add_(0, self.codes.cols, (self.codes.values != 0).float())
-        return counts > 0
+        return torch.bincount(self.codes.cols, weights=(self.codes.values != 0).float(), minlength=d_sae) > 0
 
     def l0(self) -> Tensor:
         """Mean number of non-zero codes per row (a scalar tensor)."""
@@ -332,13 +420,15 @@ class SparseForward(NamedTuple):
 
 
 def sparse_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, mode: str,
-                   dead_mask: Tensor | None = None, k_aux: int | None = None) -> SparseForward:
+                   dead_mask: Tensor | None = None, k_aux: int | None = None,
+                   workspace: Workspace | None = None) -> SparseForward:
     """The k-sparse SAE forward pass with a sparse backward.  x [B, d_in] -> SparseForward.
 
     W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]; mode "topk", "batchtopk" or
     "abstopk".  Gradients reach all four parameters exactly as through the dense ``scatter`` + ``z @ W_dec``,
     but only the encoder matmul and the top-k scale with d_sae.  Under ``torch.autocast`` the encoder matmul
-    runs in the autocast dtype; the sparse parts stay in the parameters' dtype.
+    runs in the autocast dtype; the sparse parts stay in the parameters' dtype.  Pass a ``Workspace`` (kept
+    across steps) to reuse the [B, d_sae] buffers; ``pre`` is then overwritten by the next call.
 
     With ``dead_mask`` [d_sae] bool and ``k_aux``, also computes the AuxK loss (see ``auxk_loss``) on the
     detached residual x − recon; its gradient, like the main one, touches only the picked latents.
@@ -349,24 +439,24 @@ def sparse_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec
         raise ValueError(f"W_dec must be [d_sae, d_in] = {tuple(W_enc.T.shape)}, got {tuple(W_dec.shape)}")
     if (dead_mask is None) != (k_aux is None):
         raise ValueError("pass both dead_mask and k_aux for AuxK, or neither")
-    B, d_sae = x.shape[0], W_enc.shape[1]
-    pre = _encoder_matmul(x, W_enc, b_enc, b_dec)
-    cols, rows, offsets = select(pre, k, mode)
+    d_sae = W_enc.shape[1]
+    pre = encoder_matmul(x, W_enc, b_enc, b_dec, workspace)
+    cols, rows, offsets = select(pre, k, mode, workspace)
+    order, latent_offsets = _by_latent(cols, d_sae)
     n_main = cols.shape[0]
-    if dead_mask is not None:
-        aux_indices, keep = auxk_select(pre, dead_mask, k_aux, signed=mode == "abstopk")
+    if dead_mask is None:
+        all_values = _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre, cols, rows, order, latent_offsets)
+    else:
+        aux_indices, keep = auxk_select(pre, dead_mask, k_aux, signed=mode == "abstopk", workspace=workspace)
         aux_cols, aux_rows, _ = _uniform_pattern(aux_indices)
         # One encoder backward for both sets of picks: concatenate them.
-        cols_all, rows_all = torch.cat([cols, aux_cols]), torch.cat([rows, aux_rows])
-    else:
-        cols_all, rows_all = cols, rows
-    all_values = _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre, cols_all, rows_all)
+        all_values = _encode(x, W_enc, b_enc, b_dec, pre, torch.cat([cols, aux_cols]), torch.cat([rows, aux_rows]))
     if mode != "abstopk":
         all_values = torch.relu(all_values)
     values = all_values[:n_main]
-    recon = _SparseDecode.apply(values, W_dec, cols, rows, offsets) + b_dec
+    recon = _SparseDecode.apply(values, W_dec, cols, rows, offsets, order, latent_offsets) + b_dec
     aux = recon.new_zeros(())
-    if dead_mask is not None and aux_cols.numel() > 0:
+    if dead_mask is not None and aux_indices.shape[1] > 0:
         aux_values = (all_values[n_main:] * keep.reshape(-1)).reshape(aux_indices.shape)
         aux = auxk_loss_from_codes(aux_indices, aux_values, x - recon, W_dec) * dead_mask.any()
     return SparseForward(recon=recon, codes=Codes(values, cols, rows, offsets), pre=pre, aux_loss=aux)
@@ -392,14 +482,15 @@ def normalize_rows_(W_dec: Tensor) -> None:
 
 def fast_step(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, optimizer: torch.optim.Optimizer,
               x: Tensor, k: int, mode: str, dead_mask: Tensor | None = None, k_aux: int | None = None,
-              aux_coefficient: float = 1 / 32, unit_norm_decoder: bool = True) -> dict[str, Tensor]:
+              aux_coefficient: float = 1 / 32, unit_norm_decoder: bool = True,
+              workspace: Workspace | None = None) -> dict[str, Tensor]:
     """One optimizer step on ‖x − recon‖² (summed over d_in, averaged over the batch) + aux_coefficient·AuxK.
 
     The four parameters are the leaf tensors ``optimizer`` updates.  With ``unit_norm_decoder`` the decoder's
     gradient loses its along-row part before the step and the rows are renormalised after it.  Returns scalar
     tensors (no host sync): loss, mse, aux, l0; and ``fired`` [d_sae] bool.
     """
-    out = sparse_forward(x, W_enc, b_enc, W_dec, b_dec, k, mode, dead_mask, k_aux)
+    out = sparse_forward(x, W_enc, b_enc, W_dec, b_dec, k, mode, dead_mask, k_aux, workspace)
     mse = (x - out.recon).pow(2).sum(-1).mean()
     loss = mse + aux_coefficient * out.aux_loss if dead_mask is not None else mse
     optimizer.zero_grad(set_to_none=True)

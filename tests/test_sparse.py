@@ -6,7 +6,10 @@ import torch
 from absae_lib import prox
 from absae_lib.sparse import (
     MODES,
+    Workspace,
+    _largest_flat,
     auxk_loss,
+    auxk_loss_from_codes,
     auxk_select,
     fast_step,
     select,
@@ -15,7 +18,15 @@ from absae_lib.sparse import (
     sparse_forward,
 )
 
-torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: a second thread only adds sync overhead, which is huge when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_params(d_in, d_sae, dtype=torch.float64, seed=0):
@@ -152,7 +163,6 @@ def test_auxk_loss_matches_dense(signed, compact):
         indices, keep = auxk_select(pre.detach(), dead, k_aux, signed, compact=compact)
         values = pre.gather(-1, indices)
         values = (values if signed else torch.relu(values)) * keep
-        from absae_lib.sparse import auxk_loss_from_codes
         loss = auxk_loss_from_codes(indices, values, residual, W_dec)
         ref = dense_auxk(pre, dead, residual, W_dec, k_aux, signed)
         torch.testing.assert_close(loss, ref)
@@ -216,6 +226,34 @@ def test_select_keeps_the_right_latents():
     cols, rows, offsets = select(pre, 2, "batchtopk")  # 4 largest of the batch: 4.0, 2.0, 1.0, 0.5
     assert rows.tolist() == [0, 0, 1, 1] and offsets.tolist() == [0, 2]
     assert cols.tolist() == [0, 2, 0, 3]
+
+
+@pytest.mark.parametrize("use_workspace", [False, True])
+def test_largest_flat_is_an_exact_top_n_even_with_ties(use_workspace):
+    g = torch.Generator().manual_seed(16)
+    workspace = Workspace() if use_workspace else None
+    for pre in (torch.randn(64, 300, generator=g),
+                torch.randint(-20, 20, (64, 300), generator=g).float(),  # heavy ties, like bf16 values
+                torch.full((8, 50), -1.0)):  # everything tied
+        n = 64 * 5 if pre.shape[0] == 64 else 40
+        pos = _largest_flat(pre, n, workspace)
+        assert pos.numel() == n and bool((pos[1:] > pos[:-1]).all())  # n distinct positions, ascending
+        flat = pre.reshape(-1)
+        torch.testing.assert_close(flat[pos].sort().values, flat.topk(n).values.sort().values)
+
+
+def test_workspace_reuse_gives_the_same_results():
+    params = make_params(16, 96, dtype=torch.float32)
+    workspace = Workspace()
+    for mode in MODES:
+        for B in (40, 24, 40):  # shrinking and growing batches reuse or regrow the buffers
+            x = torch.randn(B, 16, generator=torch.Generator().manual_seed(B))
+            dead = torch.arange(96) % 3 == 0
+            a = sparse_forward(x, *params, 4, mode, dead_mask=dead, k_aux=8, workspace=workspace)
+            b = sparse_forward(x, *params, 4, mode, dead_mask=dead, k_aux=8)
+            torch.testing.assert_close(a.recon, b.recon)
+            torch.testing.assert_close(a.aux_loss, b.aux_loss)
+            torch.testing.assert_close(a.pre, b.pre)
 
 
 def synthetic_data(n, d_in, n_features, k_true, seed):

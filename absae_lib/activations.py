@@ -1,0 +1,561 @@
+"""Harvest a model's activations at one hook into an on-disk cache, and read them back for SAE training.
+
+``get_activations(model, "smollm2-135m", "blocks.15.hook_resid_post")`` tokenises the Brown corpus into rows of
+``seq_len`` tokens, runs the model only up to the block of the hook, drops position 0 of every row (the attention
+sink: its residual norm is ~100x the others and it would dominate any reconstruction loss) and writes the remaining
+``seq_len - 1`` activations per row into a memory-mapped ``.npy`` file. The folder also holds ``tokens.npy`` (the
+token rows used) and ``manifest.json`` (what was asked for and how far the harvest got)::
+
+    cache_dir("activations", "<model>__<hook>__<corpus>__<hash of the request>")/
+        activations.npy   [n_tokens, d_model] float32, or bfloat16 bit patterns stored as uint16
+        tokens.npy        [n_seq, seq_len] int32
+        manifest.json
+
+The manifest is rewritten after every batch, once the batch's rows are flushed to disk, so an interrupted harvest
+resumes where it stopped and gives the same array as an uninterrupted one. Activation row ``r`` comes from token
+row ``r // (seq_len - 1)`` at position ``r % (seq_len - 1) + 1``.
+
+``ActivationStore`` reads a finished cache: ``.tensor()`` (memory-mapped, no copy), ``.loader()`` (shuffled fp32
+batches) and ``.split()`` (a deterministic held-out tail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from absae_lib.device import bf16_is_fast, default_device
+from absae_lib.paths import cache_dir
+
+FORMAT_VERSION = 1
+
+# Storage dtype name -> (torch dtype, numpy dtype on disk). NumPy has no bfloat16, so bf16 is kept as its bit
+# pattern in uint16 and viewed back as bfloat16 by torch.
+STORAGE_DTYPES = {
+    "float32": (torch.float32, np.float32),
+    "bfloat16": (torch.bfloat16, np.uint16),
+}
+
+# Manifest fields that define *what* a cache holds (everything else is progress or bookkeeping).
+_REQUEST_FIELDS = (
+    "format_version", "model", "hook", "corpus", "n_tokens", "seq_len", "seed",
+    "storage_dtype", "compute_dtype", "drop_first", "tokens_sha256",
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward passes
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+def resolve_compute_dtype(model_dtype: torch.dtype, device: torch.device, compute_dtype=None) -> torch.dtype:
+    """The dtype the forward pass runs in.
+
+    Default: bf16 (autocast) for an fp32 model where ``bf16_is_fast(device)``, else the model's own dtype.
+    Autocast can only lower precision, so asking for fp32 compute from a bf16 model is an error.
+    """
+    if compute_dtype is None:
+        if model_dtype == torch.float32 and bf16_is_fast(device):
+            return torch.bfloat16
+        return model_dtype
+    if isinstance(compute_dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16}
+        if compute_dtype.lower() not in names:
+            raise ValueError(f"Unknown compute_dtype {compute_dtype!r}; use one of {sorted(names)}.")
+        compute_dtype = names[compute_dtype.lower()]
+    if compute_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"compute_dtype must be float32, bfloat16 or float16, got {compute_dtype}.")
+    if compute_dtype == torch.float32 and model_dtype != torch.float32:
+        raise ValueError(
+            f"compute_dtype float32 needs an fp32 model, but the model is {_dtype_name(model_dtype)}: "
+            "load it with dtype=torch.float32."
+        )
+    return compute_dtype
+
+
+def stop_layer(hook_name: str) -> int | None:
+    """The ``stop_at_layer`` that still runs ``hook_name``: blocks.L.* -> L+1, embeddings -> 0, else None (all)."""
+    match = re.match(r"blocks\.(\d+)\.", hook_name)
+    if match:
+        return int(match.group(1)) + 1
+    if hook_name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+        return 0
+    return None
+
+
+def _forward_batch(model, hook_name: str, tokens: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    """Activations at ``hook_name`` for ``tokens`` [batch, pos] -> [batch, pos, d] (compute dtype).
+
+    A hook keeps a reference to the one tensor we need (nothing else is cached) and ``stop_at_layer`` skips every
+    block after the hook's (for layer 15 of 30 that halves the work, and the unembedding is never computed).
+    """
+    _, model_dtype = _model_device_dtype(model)
+    saved = {}
+
+    def keep(activation, hook):
+        saved["act"] = activation
+
+    # Autocast only where it changes something: an fp32 model run in bf16/fp16.
+    autocast = (
+        torch.autocast(device_type=tokens.device.type, dtype=compute_dtype)
+        if compute_dtype != model_dtype
+        else nullcontext()
+    )
+    with autocast:
+        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, keep)], stop_at_layer=stop_layer(hook_name))
+    if "act" not in saved:
+        raise RuntimeError(f"The hook {hook_name!r} did not run; is it after stop_at_layer={stop_layer(hook_name)}?")
+    return saved["act"]
+
+
+def _check_hook(model, hook_name: str) -> None:
+    if hook_name not in model.hook_dict:
+        examples = [h for h in model.hook_dict if h.startswith("blocks.0.")][:5]
+        raise ValueError(
+            f"The model has no hook {hook_name!r}; valid layers are 0..{model.cfg.n_layers - 1} and block hooks "
+            f"look like {examples}."
+        )
+
+
+def _check_tokens(model, tokens: torch.Tensor) -> None:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32):
+        raise ValueError("tokens must be an integer tensor [n_seq, seq_len] (see data.token_sequences).")
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise ValueError(f"seq_len {tokens.shape[1]} is longer than the model's context n_ctx={model.cfg.n_ctx}.")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= model.cfg.d_vocab):
+        raise ValueError(f"token ids must lie in 0..{model.cfg.d_vocab - 1} (the model's vocabulary).")
+
+
+def iter_activations(
+    model,
+    hook_name: str,
+    tokens: torch.Tensor,
+    batch_size: int = 16,
+    drop_first: bool = True,
+    compute_dtype=None,
+    start_seq: int = 0,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(first_seq, acts)`` per batch of token rows, ``acts`` [rows, d_model] float32 with the batch's
+    positions flattened (row-major: sequence, then position), position 0 left out if ``drop_first``.
+
+    Raises ValueError if a batch holds NaN or Inf.
+    """
+    _check_hook(model, hook_name)
+    _check_tokens(model, tokens)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    device, model_dtype = _model_device_dtype(model)
+    compute_dtype = resolve_compute_dtype(model_dtype, device, compute_dtype)
+    first_pos = 1 if drop_first else 0
+    with torch.inference_mode():
+        for s in range(start_seq, tokens.shape[0], batch_size):
+            batch = tokens[s : s + batch_size].to(device)
+            acts = _forward_batch(model, hook_name, batch, compute_dtype)[:, first_pos:]
+            acts = acts.reshape(-1, acts.shape[-1]).float()
+            if not torch.isfinite(acts).all():
+                raise ValueError(
+                    f"NaN or Inf in the activations at {hook_name!r} for token rows {s}..{s + len(batch) - 1} "
+                    f"(compute dtype {_dtype_name(compute_dtype)}). In bf16/fp16, retry with "
+                    "compute_dtype=torch.float32; otherwise check the model's weights."
+                )
+            yield s, acts
+
+
+def harvest(
+    model,
+    hook_name: str,
+    tokens: torch.Tensor,
+    batch_size: int = 16,
+    drop_first: bool = True,
+    compute_dtype=None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Activations at ``hook_name`` for every token row, in memory (for small jobs; ``get_activations`` caches).
+
+    Args:
+        model: a HookedTransformer (any device/dtype).
+        hook_name: e.g. "blocks.15.hook_resid_post".
+        tokens: LongTensor [n_seq, seq_len].
+        batch_size: rows per forward pass.
+        drop_first: leave out position 0 of every row (the attention sink).
+        compute_dtype: None = ``resolve_compute_dtype`` default (bf16 only where it is fast).
+        progress: show a tqdm bar.
+
+    Returns:
+        float32 tensor [n_seq * (seq_len - drop_first), d_model] on the model's device.
+    """
+    parts = []
+    bar = tqdm(total=tokens.shape[0], unit="seq", desc=f"harvest {hook_name}", disable=not progress)
+    for _, acts in iter_activations(model, hook_name, tokens, batch_size, drop_first, compute_dtype):
+        parts.append(acts)
+        bar.update(min(batch_size, tokens.shape[0] - bar.n))
+    bar.close()
+    return torch.cat(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The on-disk cache
+
+
+def _resolve_storage_dtype(storage_dtype) -> str:
+    name = storage_dtype if isinstance(storage_dtype, str) else _dtype_name(storage_dtype)
+    name = {"fp32": "float32", "bf16": "bfloat16"}.get(name, name)
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be float32 or bfloat16, got {storage_dtype!r}.")
+    return name
+
+
+def _sha256(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.to(torch.int32).numpy().tobytes()).hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60]
+
+
+def cache_folder(request: dict) -> Path:
+    """The cache folder for a request (the manifest's request fields): readable prefix + 12 hex digits of hash."""
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"{_slug(request['model'])}__{_slug(request['hook'])}__{_slug(request['corpus'])}__{key}"
+    return cache_dir("activations") / name
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    # Write-then-rename, so a crash never leaves a half-written manifest.
+    tmp = folder / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, folder / "manifest.json")
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    path = Path(folder) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_same_request(folder: Path, manifest: dict, request: dict) -> None:
+    diff = {k: (manifest.get(k), request[k]) for k in request if manifest.get(k) != request[k]}
+    if diff:
+        lines = "; ".join(f"{k}: cached {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"The activation cache {folder} holds a different request ({lines}). Delete that folder to "
+            "harvest again (it is only a cache)."
+        )
+
+
+def _corpus_tokens(model, corpus: str, n_seq: int | None, seq_len: int, seed: int) -> torch.Tensor:
+    """Token rows [n_seq, seq_len] for a named corpus: "brown", "brown:<category letters>" or "hub:<dataset>"."""
+    from absae_lib import data
+
+    if model.tokenizer is None:
+        raise ValueError("The model has no tokenizer; pass tokens=... (a [n_seq, seq_len] tensor) instead.")
+    max_tokens = None if n_seq is None else n_seq * seq_len
+    if corpus == "brown" or corpus.startswith("brown:"):
+        categories = corpus.split(":", 1)[1] if ":" in corpus else None
+        texts = data.brown_texts(categories, unit="doc", seed=seed)  # seed shuffles documents: a mix of genres
+    elif corpus.startswith("hub:"):
+        if n_seq is None:
+            raise ValueError("n_tokens=None (everything) is not possible for a streamed Hub corpus; give a number.")
+        texts = data.iter_hub_texts(corpus[4:], seed=seed)
+    else:
+        raise ValueError(
+            f"Unknown corpus {corpus!r}: use 'brown', 'brown:<category letters>' (e.g. 'brown:kl'), "
+            "'hub:<dataset name>' (needs Hub access), or pass tokens=... ."
+        )
+    return data.token_sequences(model.tokenizer, texts, seq_len=seq_len, max_tokens=max_tokens)
+
+
+def get_activations(
+    model,
+    model_name: str,
+    hook_name: str,
+    corpus: str = "brown",
+    n_tokens: int | None = 1_000_000,
+    seq_len: int = 128,
+    seed: int = 0,
+    storage_dtype=torch.float32,
+    batch_size: int = 16,
+    compute_dtype=None,
+    tokens: torch.Tensor | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Activations at ``hook_name`` for ``n_tokens`` corpus tokens, from the cache or harvested into it.
+
+    A finished cache is read back at once (``model`` may then be None). An unfinished one is resumed from its last
+    completed batch; use the same ``batch_size`` to get bit-identical rows.
+
+    Args:
+        model: HookedTransformer with a tokenizer, or None to only read a finished cache.
+        model_name: name recorded in the cache key (e.g. "smollm2-135m").
+        hook_name: e.g. "blocks.15.hook_resid_post".
+        corpus: "brown", "brown:<category letters>", "hub:<dataset>"; with ``tokens`` given, any label.
+        n_tokens: activation rows to keep (position 0 of every sequence is never kept); None = all the corpus.
+        seq_len: tokens per sequence fed to the model.
+        seed: shuffles the corpus's document order before tokenising.
+        storage_dtype: torch.float32 or torch.bfloat16 on disk (bf16 halves the size).
+        batch_size: sequences per forward pass (not part of the key).
+        compute_dtype: forward-pass dtype; None = bf16 where ``bf16_is_fast`` (for an fp32 model), else the
+            model's dtype. Part of the key, since it changes the numbers.
+        tokens: explicit token rows [n_seq, seq_len] instead of a corpus (their hash joins the key).
+        progress: show a tqdm bar.
+
+    Returns:
+        ActivationStore over [n_tokens, d_model].
+    """
+    storage = _resolve_storage_dtype(storage_dtype)
+    if n_tokens is not None and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1):
+        raise ValueError(f"n_tokens must be a positive int or None (all), got {n_tokens!r}.")
+    if tokens is not None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            raise ValueError("tokens must be an integer tensor [n_seq, seq_len].")
+        seq_len = tokens.shape[1]
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 (position 0 is dropped), got {seq_len}.")
+    if model is not None:
+        device, model_dtype = _model_device_dtype(model)
+    else:
+        device, model_dtype = default_device(), torch.float32  # what load_model() gives by default
+    request = {
+        "format_version": FORMAT_VERSION,
+        "model": model_name,
+        "hook": hook_name,
+        "corpus": corpus,
+        "n_tokens": n_tokens,
+        "seq_len": seq_len,
+        "seed": seed,
+        "storage_dtype": storage,
+        "compute_dtype": _dtype_name(resolve_compute_dtype(model_dtype, device, compute_dtype)),
+        "drop_first": True,
+        "tokens_sha256": None if tokens is None else _sha256(tokens),
+    }
+    folder = cache_folder(request)
+    manifest = _read_manifest(folder)
+    if manifest is not None:
+        _check_same_request(folder, manifest, request)
+        if model is not None and manifest["d_model"] != model.cfg.d_model:
+            raise ValueError(
+                f"The activation cache {folder} was made by a model with d_model={manifest['d_model']}, but this "
+                f"model has d_model={model.cfg.d_model} under the same name {model_name!r}. Use another model_name, "
+                "or delete that folder."
+            )
+        if manifest["complete"]:
+            return ActivationStore(folder)
+    if model is None:
+        raise ValueError(f"No finished activation cache at {folder}; pass the model to harvest it.")
+    _check_hook(model, hook_name)
+
+    # The token rows: rebuilt on every run (deterministic) and checked against the ones a partial cache used.
+    rows_per_seq = seq_len - 1
+    n_seq = None if n_tokens is None else math.ceil(n_tokens / rows_per_seq)
+    if tokens is None:
+        tokens = _corpus_tokens(model, corpus, n_seq, seq_len, seed)
+    if n_seq is not None and tokens.shape[0] < n_seq:
+        raise ValueError(
+            f"The corpus {corpus!r} gives {tokens.shape[0] * rows_per_seq:,} activation rows at seq_len={seq_len}, "
+            f"fewer than n_tokens={n_tokens:,}. Ask for fewer tokens (or n_tokens=None for all of them)."
+        )
+    tokens = tokens[:n_seq] if n_seq is not None else tokens
+    n_rows = n_tokens if n_tokens is not None else tokens.shape[0] * rows_per_seq
+    sha = _sha256(tokens)
+    d_model = model.cfg.d_model
+    np_dtype = STORAGE_DTYPES[storage][1]
+
+    if manifest is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "tokens.npy", tokens.to(torch.int32).numpy())
+        array = np.lib.format.open_memmap(folder / "activations.npy", mode="w+", dtype=np_dtype, shape=(n_rows, d_model))
+        manifest = {
+            **request,
+            "d_model": d_model,
+            "n_rows": n_rows,
+            "n_seq": tokens.shape[0],
+            "token_rows_sha256": sha,
+            "batch_size": batch_size,
+            "n_seq_done": 0,
+            "n_done": 0,
+            "complete": False,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        _write_manifest(folder, manifest)
+    else:
+        if manifest["token_rows_sha256"] != sha:
+            raise ValueError(
+                f"The partial activation cache {folder} was started from different token rows (another tokenizer or "
+                "corpus version?). Delete that folder and harvest again."
+            )
+        array = np.lib.format.open_memmap(folder / "activations.npy", mode="r+")
+
+    bar = tqdm(total=n_rows, initial=manifest["n_done"], unit="tok", unit_scale=True,
+               desc=f"{model_name} {hook_name}", disable=not progress)
+    for first, acts in iter_activations(
+        model, hook_name, tokens, batch_size, True, compute_dtype, start_seq=manifest["n_seq_done"]
+    ):
+        start = first * rows_per_seq
+        acts = acts[: n_rows - start].cpu()
+        if storage == "bfloat16":
+            array[start : start + len(acts)] = acts.to(torch.bfloat16).view(torch.uint16).numpy()
+        else:
+            array[start : start + len(acts)] = acts.numpy()
+        array.flush()  # rows on disk before the manifest says so
+        manifest["n_seq_done"] = min(first + batch_size, tokens.shape[0])
+        manifest["n_done"] = start + len(acts)
+        _write_manifest(folder, manifest)
+        bar.update(len(acts))
+    bar.close()
+    del array
+    manifest["complete"] = True
+    manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _write_manifest(folder, manifest)
+    return ActivationStore(folder)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a cache
+
+
+class ActivationStore:
+    """A finished activation cache (or a contiguous slice of its rows, from ``split``).
+
+    ``len(store)`` rows of width ``store.d_model``; ``store.manifest`` says what they are.
+    """
+
+    def __init__(self, folder: Path | str, start: int = 0, stop: int | None = None):
+        self.folder = Path(folder)
+        manifest = _read_manifest(self.folder)
+        if manifest is None:
+            raise FileNotFoundError(f"No activation cache (manifest.json) in {self.folder}.")
+        if not manifest["complete"]:
+            raise ValueError(
+                f"The activation cache {self.folder} is unfinished ({manifest['n_done']:,} of {manifest['n_rows']:,} "
+                "rows): run get_activations with the same arguments to resume it."
+            )
+        self.manifest = manifest
+        self.d_model: int = manifest["d_model"]
+        self.dtype, _ = STORAGE_DTYPES[manifest["storage_dtype"]]
+        # Copy-on-write mapping: torch gets a writable array without a copy, and nothing is written back.
+        self._array = np.load(self.folder / "activations.npy", mmap_mode="c")
+        stop = manifest["n_rows"] if stop is None else stop
+        if not 0 <= start <= stop <= manifest["n_rows"]:
+            raise ValueError(f"Row range {start}..{stop} is outside 0..{manifest['n_rows']}.")
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"ActivationStore({len(self):,} x {self.d_model} {m['storage_dtype']}, {m['model']} {m['hook']}, "
+                f"corpus={m['corpus']!r}, rows {self.start}..{self.stop})")
+
+    def _rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of this store as a float32 tensor [stop - start, d_model] (a copy)."""
+        x = torch.from_numpy(np.array(self._array[self.start + start : self.start + stop]))
+        return (x.view(torch.bfloat16) if self.dtype == torch.bfloat16 else x).float()
+
+    def tensor(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """All rows as a tensor [len, d_model].
+
+        With ``dtype=None``: the memory-mapped storage itself (float32 or bfloat16, no copy; pages are read on
+        demand). With a dtype: an in-memory copy converted to it.
+        """
+        x = torch.from_numpy(self._array[self.start : self.stop])
+        if self.dtype == torch.bfloat16:
+            x = x.view(torch.bfloat16)
+        return x if dtype is None else x.to(dtype, copy=True)
+
+    def tokens(self) -> torch.Tensor:
+        """The token rows the activations come from: LongTensor [n_seq, seq_len] (all of them, not just this slice)."""
+        return torch.from_numpy(np.load(self.folder / "tokens.npy")).long()
+
+    def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each row of this store, (token row index, position in that row); ``tokens()[i, p]`` is its token."""
+        rows = torch.arange(self.start, self.stop)
+        per_seq = self.manifest["seq_len"] - 1
+        return rows // per_seq, rows % per_seq + 1
+
+    def split(self, val_fraction: float) -> tuple[ActivationStore, ActivationStore]:
+        """(train, val): the last ``val_fraction`` of the rows are held out.
+
+        Contiguous, so validation tokens come from whole other documents (the corpus order was shuffled by
+        document before tokenising), not from the same sentences as training tokens.
+        """
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
+        n_val = max(1, round(len(self) * val_fraction))
+        cut = self.stop - n_val
+        return ActivationStore(self.folder, self.start, cut), ActivationStore(self.folder, cut, self.stop)
+
+    def loader(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        epochs: int = 1,
+        drop_last: bool = False,
+        chunk_rows: int = 1 << 17,
+    ) -> Iterator[torch.Tensor]:
+        """Yield float32 batches [batch_size, d_model] on ``device`` (default: CPU), every row once per epoch.
+
+        Shuffling is two-level so that reads stay contiguous: the store is cut into chunks of ``chunk_rows`` rows,
+        the chunks come in a random order, and each chunk (plus the previous chunk's leftover rows) is shuffled in
+        memory. With ``chunk_rows >= len(store)`` this is a full random permutation. Every epoch draws a new order
+        from one generator seeded by ``seed``. The last batch of an epoch may be smaller unless ``drop_last``.
+        """
+        if batch_size < 1 or chunk_rows < 1 or epochs < 1:
+            raise ValueError("batch_size, chunk_rows and epochs must be positive.")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        generator = torch.Generator().manual_seed(seed)
+        starts = list(range(0, len(self), chunk_rows))
+        for _ in range(epochs):
+            order = torch.randperm(len(starts), generator=generator).tolist() if shuffle else range(len(starts))
+            leftover = None
+            for c in order:
+                a, b = starts[c], min(starts[c] + chunk_rows, len(self))
+                x = self._rows(a, b).to(device)
+                if leftover is not None:
+                    x = torch.cat([leftover, x])
+                if shuffle:
+                    x = x[torch.randperm(len(x), generator=generator).to(device)]
+                n_full = len(x) // batch_size * batch_size
+                for i in range(0, n_full, batch_size):
+                    yield x[i : i + batch_size]
+                leftover = x[n_full:] if n_full < len(x) else None
+            if leftover is not None and not drop_last:
+                yield leftover
+
+
+def norm_scale(acts: torch.Tensor | ActivationStore, n: int = 100_000) -> float:
+    """The scale s with E‖s·x‖ = √d_in, estimated on up to ``n`` evenly spaced rows of ``acts`` [n_tok, d_in].
+
+    SAEs train on ``s·x`` so that their hyper-parameters (learning rate, L1 coefficient, init scale) do not depend
+    on the model's residual norm, which grows with depth; a typical row of ``s·x`` then has entries of size ~1.
+    Multiply reconstructions by 1/s to get back to the model's units.
+    """
+    x = acts.tensor() if isinstance(acts, ActivationStore) else acts
+    if x.dim() != 2 or len(x) == 0:
+        raise ValueError(f"acts must be a non-empty [n_tokens, d_in] tensor, got shape {tuple(x.shape)}.")
+    sample = x[:: max(1, len(x) // n)][:n].float()
+    mean_norm = sample.norm(dim=-1).mean().item()
+    if not math.isfinite(mean_norm) or mean_norm == 0:
+        raise ValueError(f"Cannot scale activations whose mean norm is {mean_norm}.")
+    return math.sqrt(x.shape[1]) / mean_norm

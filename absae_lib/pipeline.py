@@ -1,0 +1,120 @@
+"""The book's artifacts, computed once and then read from the cache: the model, activations, trained SAEs.
+
+Every function takes the chapter's :class:`absae_lib.book.Settings`; an artifact's cache key is everything that
+changes it, so chapters can run in any order and a second run costs seconds.
+
+    S = book.settings("cpu")
+    x = pipeline.train_activations(S)            # [n_tokens, d_model], harvested on first use
+    sae = pipeline.sae(S, "abstopk")             # trained on first use, then loaded
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from absae_lib.activations import ActivationStore, get_activations
+from absae_lib.book import Settings
+from absae_lib.paths import cache_dir
+from absae_lib.sae import ARCHITECTURES, SAE
+from absae_lib.train import TrainConfig, train_sae
+
+# Sparsity coefficients that put ReLU (L1) and JumpReLU (L0) near L0 = k on the embedded model's layer-15 residual,
+# in the trainer's normalised units (E‖x‖ = √d_in).  Chapter 3 shows the L0 each one reaches.
+DEFAULT_SPARSITY = {"standard": 1.5, "jumprelu": 0.3}
+
+
+@lru_cache(maxsize=2)
+def _load_model(name: str, device: str | None):
+    from absae_lib.models import load_model
+
+    return load_model(name, device=device)
+
+
+def model(s: Settings):
+    """The profile's HookedTransformer (loaded once per process)."""
+    return _load_model(s.model_name, s.device)
+
+
+def activation_store(s: Settings) -> ActivationStore:
+    """Training + held-out activations at ``s.hook_name``: ``s.n_tokens + s.n_eval_tokens`` rows, cached."""
+    request = dict(model_name=s.model_name, hook_name=s.hook_name, corpus=s.corpus,
+                   n_tokens=s.n_tokens + s.n_eval_tokens, seq_len=s.seq_len, seed=s.seed)
+    try:  # a finished cache needs no model
+        return get_activations(None, **request)
+    except ValueError:
+        return get_activations(model(s), **request)
+
+
+def train_activations(s: Settings) -> Tensor:
+    """The first ``s.n_tokens`` rows (memory-mapped).  [n_tokens, d_model]."""
+    store = activation_store(s)
+    return ActivationStore(store.folder, 0, s.n_tokens).tensor()
+
+
+def eval_activations(s: Settings) -> Tensor:
+    """The last ``s.n_eval_tokens`` rows: later documents than any training row.  [n_eval_tokens, d_model] fp32."""
+    store = activation_store(s)
+    return ActivationStore(store.folder, s.n_tokens, len(store)).tensor(torch.float32)
+
+
+def eval_tokens(s: Settings, n_seq: int | None = None) -> Tensor:
+    """Held-out token rows for downstream loss: the last ``n_seq`` (default ``s.ce_sequences``).  [n_seq, seq_len]."""
+    n_seq = n_seq or s.ce_sequences
+    store = activation_store(s)
+    tokens = store.tokens()
+    first_eval_seq = s.n_tokens // (s.seq_len - 1) + 1  # sequences wholly after the training rows
+    if tokens.shape[0] - first_eval_seq < n_seq:
+        raise ValueError(f"only {tokens.shape[0] - first_eval_seq} held-out sequences; raise n_eval_tokens or lower n_seq")
+    return tokens[-n_seq:]
+
+
+def train_config(s: Settings, architecture: str, k: int | None = None, **overrides: Any) -> TrainConfig:
+    """The book's training recipe for one variant at the profile's sizes."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    k = k or s.k
+    base = dict(architecture=architecture, d_sae=s.d_sae, k=k, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
+                device=s.device, progress=True)
+    if architecture in ("standard", "jumprelu"):
+        base["k"] = None
+        base["sparsity_coefficient"] = DEFAULT_SPARSITY[architecture]
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _sae_folder(s: Settings, config: TrainConfig):
+    store = activation_store(s)
+    key = json.dumps({"activations": store.folder.name, "rows": s.n_tokens, "train": config.fingerprint()}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    k = f"-k{config.k}" if config.k else f"-c{config.sparsity_coefficient:g}"
+    return cache_dir("saes", f"{s.model_name}-L{s.layer}-{config.architecture}{k}-{config.d_sae}-{digest}")
+
+
+def sae(s: Settings, architecture: str, k: int | None = None, **overrides: Any) -> SAE:
+    """A trained SAE: read from the cache, or trained on the profile's activations and saved there first."""
+    return sae_with_history(s, architecture, k, **overrides)[0]
+
+
+def sae_with_history(s: Settings, architecture: str, k: int | None = None, **overrides: Any) -> tuple[SAE, list[dict]]:
+    """Like :func:`sae`, plus the training history (one dict per logged step)."""
+    config = train_config(s, architecture, k, **overrides)
+    folder = _sae_folder(s, config)
+    history_path = folder / "history.json"
+    if history_path.exists() and (folder / "cfg.json").exists():
+        return SAE.load(folder, device=s.device), json.loads(history_path.read_text())
+    checkpoint = folder / "checkpoint"
+    config = replace(config, checkpoint_dir=str(checkpoint), checkpoint_every=50)
+    metadata = {"model_name": s.model_name, "hook_name": s.hook_name, "corpus": s.corpus, "layer": s.layer}
+    trained, history = train_sae(train_activations(s), config, metadata=metadata)
+    trained.save(folder)
+    history_path.write_text(json.dumps(history))  # written last: its presence marks a finished SAE
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return trained, history

@@ -1,0 +1,243 @@
+"""Activation harvesting and the on-disk cache, on a tiny random HookedTransformer (fast), plus one real-model check."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from absae_lib import activations
+from absae_lib.activations import ActivationStore, get_activations, harvest, norm_scale, stop_layer
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+def tiny_model(d_model=16, seed=0):
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=d_model, n_ctx=32, d_head=4, n_heads=d_model // 4, d_mlp=4 * d_model, d_vocab=50,
+        act_fn="relu", seed=seed,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ABSAE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(0, 50, (37, 12), generator=torch.Generator().manual_seed(0))
+
+
+def reference(model, tokens, hook=HOOK):
+    """What the activations should be: run_with_cache over everything, positions 1.. of every row."""
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    acts = cache[hook][:, 1:]
+    return acts.reshape(-1, acts.shape[-1])
+
+
+@pytest.mark.parametrize("hook", [HOOK, "blocks.1.hook_mlp_out", "blocks.1.attn.hook_z", "hook_embed"])
+def test_harvest_equals_run_with_cache(tiny, tokens, hook):
+    got = harvest(tiny, hook, tokens, batch_size=5, progress=False)
+    want = reference(tiny, tokens, hook)
+    want = want.reshape(got.shape)  # hook_z is [batch, pos, head, d_head]: rows are flattened the same way
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    full = harvest(tiny, hook, tokens, batch_size=64, drop_first=False, progress=False)
+    assert full.shape[0] == tokens.numel()
+
+
+def test_stop_layer():
+    assert stop_layer("blocks.15.hook_resid_post") == 16
+    assert stop_layer("blocks.0.attn.hook_z") == 1
+    assert stop_layer("hook_embed") == 0
+    assert stop_layer("ln_final.hook_normalized") is None
+
+
+def test_bad_hook_and_tokens(tiny, tokens):
+    with pytest.raises(ValueError, match="valid layers are 0..1"):
+        harvest(tiny, "blocks.7.hook_resid_post", tokens, progress=False)
+    with pytest.raises(ValueError, match="vocabulary"):
+        harvest(tiny, HOOK, tokens + 100, progress=False)
+    with pytest.raises(ValueError, match="n_ctx"):
+        harvest(tiny, HOOK, torch.zeros(2, 40, dtype=torch.long), progress=False)
+
+
+def test_cache_round_trip(tiny, tokens, cache):
+    store = get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, batch_size=5,
+                            progress=False)
+    want = reference(tiny, tokens)
+    assert len(store) == 37 * 11 and store.d_model == 16
+    torch.testing.assert_close(store.tensor(), want, rtol=0, atol=1e-6)
+    assert torch.equal(store.tokens(), tokens)
+    seq, pos = store.positions()
+    assert seq[12].item() == 1 and pos[12].item() == 2  # row 12 = second sequence, position 2
+    manifest = json.loads((store.folder / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["n_done"] == 407 and manifest["hook"] == HOOK
+    assert store.folder.parent == cache / "activations"
+    # Read back without the model: the same rows, straight from disk.
+    again = get_activations(None, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    assert again.folder == store.folder and torch.equal(again.tensor(), store.tensor())
+
+
+def test_n_tokens_truncates_and_bf16_storage(tiny, tokens, cache):
+    want = reference(tiny, tokens)
+    store = get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=100, tokens=tokens,
+                            storage_dtype=torch.bfloat16, progress=False)
+    x = store.tensor()
+    assert x.dtype == torch.bfloat16 and x.shape == (100, 16)
+    assert torch.equal(x, want[:100].to(torch.bfloat16))
+    assert store.tensor(torch.float32).dtype == torch.float32
+    assert np.load(store.folder / "activations.npy", mmap_mode="r").dtype == np.uint16
+    with pytest.raises(ValueError, match="fewer than n_tokens"):
+        get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=10_000, tokens=tokens, progress=False)
+
+
+def test_resume_after_interruption(tiny, tokens, cache, monkeypatch):
+    kwargs = dict(corpus="random", n_tokens=None, tokens=tokens, batch_size=4, progress=False)
+    real_forward = activations._forward_batch
+    calls = []
+
+    def crash_on_fourth(*args, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during batch 4
+        return real_forward(*args, **kw)
+
+    monkeypatch.setattr(activations, "_forward_batch", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        get_activations(tiny, "tiny", HOOK, **kwargs)
+    monkeypatch.setattr(activations, "_forward_batch", real_forward)
+
+    folder = next((cache / "activations").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert not manifest["complete"] and manifest["n_seq_done"] == 12 and manifest["n_done"] == 12 * 11
+    with pytest.raises(ValueError, match="unfinished"):
+        ActivationStore(folder)
+
+    calls.clear()
+    monkeypatch.setattr(activations, "_forward_batch", lambda *a, **k: (calls.append(1), real_forward(*a, **k))[1])
+    resumed = get_activations(tiny, "tiny", HOOK, **kwargs)
+    assert len(calls) == 7  # only the 10 - 3 batches still missing
+    uninterrupted = harvest(tiny, HOOK, tokens, batch_size=4, progress=False)
+    assert torch.equal(resumed.tensor(), uninterrupted)
+
+
+def test_manifest_mismatch_is_an_error(tiny, tokens, cache):
+    get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    # Another model under the same name: same key, different width.
+    other = tiny_model(d_model=8)
+    with pytest.raises(ValueError, match="d_model=16"):
+        get_activations(other, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    # A manifest edited (or written by another version) so that it no longer matches its key.
+    folder = next((cache / "activations").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["seq_len"] = 99
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="different request.*seq_len"):
+        get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
+
+
+def test_nan_activations_are_an_error(tokens, cache):
+    broken = tiny_model()
+    with torch.no_grad():
+        broken.blocks[0].mlp.W_in[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        get_activations(broken, "broken", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        harvest(broken, HOOK, tokens, progress=False)
+
+
+def test_unknown_corpus_and_missing_cache(tiny, cache):
+    with pytest.raises(ValueError, match="Unknown corpus"):
+        get_activations(tiny, "tiny", HOOK, corpus="wikipedia", n_tokens=100, progress=False)
+    with pytest.raises(ValueError, match="pass the model"):
+        get_activations(None, "tiny", HOOK, n_tokens=100, progress=False)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_loader_covers_every_row_once_per_epoch(tiny, tokens, cache, shuffle):
+    store = get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    x = store.tensor(torch.float32)
+    batches = list(store.loader(batch_size=16, shuffle=shuffle, seed=3, epochs=2, chunk_rows=50))
+    assert all(len(b) == 16 for b in batches[:-1]) and all(b.dtype == torch.float32 for b in batches)
+    rows = torch.cat(batches)
+    assert len(rows) == 2 * len(store)
+    for epoch in rows[: len(store)], rows[len(store) :]:
+        # Each epoch is a permutation of the rows: compare as sorted row lists.
+        assert torch.equal(_sorted_rows(epoch), _sorted_rows(x))
+    if shuffle:
+        assert not torch.equal(rows[: len(store)], x) and not torch.equal(rows[: len(store)], rows[len(store) :])
+        again = torch.cat(list(store.loader(batch_size=16, seed=3, epochs=2, chunk_rows=50)))
+        assert torch.equal(again, rows)  # same seed, same order
+    else:
+        assert torch.equal(rows[: len(store)], x)
+    assert sum(len(b) for b in store.loader(batch_size=16, drop_last=True)) == len(store) // 16 * 16
+
+
+def _sorted_rows(x):
+    return x[np.lexsort(x.T.numpy()[::-1])]
+
+
+def test_split(tiny, tokens, cache):
+    store = get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    train, val = store.split(0.1)
+    assert len(train) + len(val) == len(store) and len(val) == round(0.1 * len(store))
+    assert torch.equal(torch.cat([train.tensor(), val.tensor()]), store.tensor())
+    assert torch.equal(val.positions()[0], store.positions()[0][len(train) :])
+    assert sum(len(b) for b in val.loader(8)) == len(val)
+    with pytest.raises(ValueError, match="val_fraction"):
+        store.split(1.5)
+
+
+def test_norm_scale_closed_form():
+    d = 16
+    x = torch.randn(1000, d)
+    x = 7.0 * x / x.norm(dim=-1, keepdim=True)  # every row has norm 7
+    assert norm_scale(x) == pytest.approx(math.sqrt(d) / 7.0, rel=1e-6)
+    s = norm_scale(x * torch.linspace(1, 3, 1000)[:, None])  # norms 7..21, mean 14
+    assert s == pytest.approx(math.sqrt(d) / 14.0, rel=1e-6)
+    assert (s * (x * torch.linspace(1, 3, 1000)[:, None])).norm(dim=-1).mean() == pytest.approx(math.sqrt(d), rel=1e-5)
+    with pytest.raises(ValueError, match="mean norm"):
+        norm_scale(torch.zeros(4, d))
+
+
+class ByteTokenizer:
+    eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        # Bytes folded into the tiny vocabulary (1..49; 0 is EOS).
+        return {"input_ids": [[1 + b % 49 for b in t.encode()] for t in texts]}
+
+
+def test_brown_corpus_path(cache):
+    m = tiny_model()
+    m.tokenizer = ByteTokenizer()
+    store = get_activations(m, "tiny", HOOK, corpus="brown:r", n_tokens=500, seq_len=16, progress=False)
+    assert len(store) == 500 and store.manifest["corpus"] == "brown:r"
+    from absae_lib.data import brown_texts, token_sequences
+
+    rows = token_sequences(m.tokenizer, brown_texts("r", unit="doc", seed=0), seq_len=16, max_tokens=34 * 16)
+    assert torch.equal(store.tokens(), rows)
+    torch.testing.assert_close(store.tensor(), reference(m, rows)[:500], rtol=0, atol=1e-6)
+
+
+def test_real_model_rows_and_attention_sink(model, cache):
+    from absae_lib.data import brown_texts, token_sequences
+
+    tokens = token_sequences(model.tokenizer, brown_texts(unit="doc", seed=0), seq_len=32, max_tokens=4 * 32)
+    hook = "blocks.15.hook_resid_post"
+    acts = harvest(model, hook, tokens, batch_size=4, compute_dtype=torch.float32, progress=False)
+    _, cache_ = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=16)
+    torch.testing.assert_close(acts, cache_[hook][:, 1:].reshape(-1, 576), rtol=1e-5, atol=1e-4)
+    sink = cache_[hook][:, 0].norm(dim=-1).mean()
+    assert sink > 20 * acts.norm(dim=-1).mean()  # why position 0 is dropped
