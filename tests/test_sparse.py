@@ -5,6 +5,7 @@ import torch
 
 from absae_lib import prox
 from absae_lib.sparse import (
+    AUX_METHODS,
     MODES,
     Workspace,
     _largest_flat,
@@ -75,6 +76,19 @@ def test_forward_and_gradients_match_dense(mode, d_sae, k):
     g_fast = grads(((x - out.recon).pow(2) * w).sum(), params)
     for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec"), g_fast, g_ref):
         torch.testing.assert_close(a, b, msg=lambda m: f"{mode} d_sae={d_sae} k={k} grad {name}: {m}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_summaries_match_the_dense_codes(mode):
+    params = make_params(12, 64)
+    x = torch.randn(9, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(17))
+    _, z, _ = dense_forward(x, *params, 5, mode)
+    out = sparse_forward(x, *params, 5, mode)
+    assert torch.equal(out.fired(64), (z != 0).any(0))
+    assert out.l0().item() == pytest.approx((z != 0).sum(-1).double().mean().item())
+    assert out.min_positive().item() == z[z > 0].min().item()
+    none_positive = sparse_forward(x, params[0], params[1] - 100, params[2], params[3], 5, mode)
+    assert none_positive.min_positive().item() == 0.0
 
 
 def test_float32_matches_dense_at_moderate_size():
@@ -174,13 +188,14 @@ def test_auxk_loss_matches_dense(signed, compact):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_sparse_forward_auxk_gradients_match_dense(mode):
+@pytest.mark.parametrize("aux_method", AUX_METHODS)
+@pytest.mark.parametrize("dead_every", [1, 4, 30])  # 50, 13 and 2 dead latents: more, and fewer, than k_aux = 6
+def test_sparse_forward_auxk_gradients_match_dense(mode, aux_method, dead_every):
     B, d_in, d_sae, k, k_aux = 7, 10, 50, 3, 6
     params = make_params(d_in, d_sae, seed=10)
     x = torch.randn(B, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
-    dead = torch.zeros(d_sae, dtype=torch.bool)
-    dead[::4] = True
-    out = sparse_forward(x, *params, k, mode, dead_mask=dead, k_aux=k_aux)
+    dead = torch.arange(d_sae) % dead_every == 0
+    out = sparse_forward(x, *params, k, mode, dead_mask=dead, k_aux=k_aux, aux_method=aux_method)
     recon_ref, _, pre_ref = dense_forward(x, *params, k, mode)
     aux_ref = dense_auxk(pre_ref, dead, x - recon_ref, params[2], k_aux, signed=mode == "abstopk")
     torch.testing.assert_close(out.aux_loss, aux_ref)
@@ -188,6 +203,15 @@ def test_sparse_forward_auxk_gradients_match_dense(mode):
     loss_ref = (x - recon_ref).pow(2).sum(-1).mean() + 0.5 * aux_ref
     for a, b in zip(grads(loss, params), grads(loss_ref, params)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("aux_method", AUX_METHODS)
+def test_sparse_forward_auxk_is_zero_when_nothing_is_dead(aux_method):
+    params = make_params(6, 20)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    dead = torch.zeros(20, dtype=torch.bool)
+    out = sparse_forward(x, *params, 2, "abstopk", dead_mask=dead, k_aux=3, aux_method=aux_method)
+    assert out.aux_loss.item() == 0.0
 
 
 def test_autocast_bf16_keeps_parameters_and_gradients_fp32():
@@ -211,6 +235,8 @@ def test_bad_input_raises_clear_errors():
         sparse_forward(x, *params, 9, "topk")
     with pytest.raises(ValueError, match="x must be"):
         sparse_forward(x[:, :3], *params, 2, "topk")
+    with pytest.raises(ValueError, match="aux_method"):
+        sparse_forward(x, *params, 2, "topk", dead_mask=torch.zeros(8, dtype=torch.bool), k_aux=2, aux_method="x")
     with pytest.raises(ValueError, match="dead_mask and k_aux"):
         sparse_forward(x, *params, 2, "topk", dead_mask=torch.zeros(8, dtype=torch.bool))
     with pytest.raises(ValueError, match="long"):

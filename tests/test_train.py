@@ -125,3 +125,14 @@ def test_helpers():
     assert lr_factor(50, 100, 10, 0.2) == 1.0
     assert lr_factor(90, 100, 10, 0.2) == pytest.approx(0.5)
     assert math.isclose(lr_factor(99, 100, 10, 0.2), 0.05)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "abstopk", "batchtopk"])
+def test_fast_sparse_step_trains_like_the_dense_one(architecture):
+    x = signed_atoms()
+    held_out = signed_atoms(n=2000, seed=1)
+    fast, fast_history = train_sae(x, quick(architecture, n_steps=150))
+    dense, dense_history = train_sae(x, quick(architecture, n_steps=150, sparse_step=False))
+    # The same maths in another order: the first steps agree to float rounding, the end to a small tolerance.
+    assert fast_history[0]["loss"] == pytest.approx(dense_history[0]["loss"], rel=1e-4)
+    assert nmse(fast, held_out) == pytest.approx(nmse(dense, held_out), abs=0.02)
