@@ -351,6 +351,7 @@ class SAE(nn.Module):
                 f"expected tensors {expected}, found {found}"
             )
         sae.load_state_dict(tensors)
+        sae.eval()  # a loaded SAE is for use: BatchTopK must use its inference threshold, not the batch budget
         return sae.to(device) if device is not None else sae
 
     def extra_repr(self) -> str:
