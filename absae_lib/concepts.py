@@ -482,6 +482,21 @@ BUILDERS: dict[str, Callable[..., ConceptDataset]] = {
     "genre": genre_dataset,
 }
 
+# Builders whose size is fixed by their word lists (they take no n_per_class).
+FIXED_SIZE = ("gender",)
+
+
+def build_dataset(name: str, n_per_class: int = 500, seed: int = 0, use_cache: bool = True) -> ConceptDataset:
+    """The dataset ``name`` (a key of ``BUILDERS``) at ``n_per_class`` examples per class.
+
+    Fixed-size datasets (gender: every word pair in every template) ignore ``n_per_class`` and ``seed``.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown concept dataset {name!r}; choose one of {', '.join(BUILDERS)}")
+    if name in FIXED_SIZE:
+        return BUILDERS[name](use_cache=use_cache)
+    return BUILDERS[name](n_per_class, seed=seed, use_cache=use_cache)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Activations at the label tokens

@@ -240,7 +240,7 @@ _CLITICS = {"'s", "n't", "'re", "'ve", "'ll", "'d", "'m"}  # written onto the wo
 _DOUBLED = {"?", "!", ";", ":", "."}  # a sentence mark the corpus repeats: "?/. ?/."
 
 
-def _render(
+def render_words(
     sentences: Sequence[Sequence[str]], newline_after: Sequence[bool] | None = None
 ) -> tuple[str, list[list[tuple[int, int] | None]]]:
     """Join the words of consecutive ``sentences`` into one text; also return each word's (start, end) in it.
@@ -289,13 +289,13 @@ def detokenize(words: Sequence[str]) -> str:
     no space after ``(`` and opening quotes; a doubled sentence mark (``? ?``, ``Jr. .``) is written once.
     Case is kept.
     """
-    return _render([words])[0]
+    return render_words([words])[0]
 
 
 def paragraph_text(paragraph: Sequence[Sentence]) -> str:
     """One paragraph as text: sentences joined by spaces, a headline followed by a line break."""
     words = [[w for w, _ in s] for s in paragraph]
-    return _render(words, [is_headline(s) for s in paragraph])[0]
+    return render_words(words, [is_headline(s) for s in paragraph])[0]
 
 
 def brown_texts(
@@ -346,7 +346,7 @@ def tagged_sentences(categories: Iterable[str] | None = None) -> list[TaggedSent
     out = []
     for doc in load_brown(categories):
         for sentence in doc.sentences:
-            text, (spans,) = _render([[w for w, _ in sentence]])
+            text, (spans,) = render_words([[w for w, _ in sentence]])
             tokens = [(s[0], s[1], w, t) for s, (w, t) in zip(spans, sentence) if s is not None]
             out.append(TaggedSentence(text, tokens, doc.file_id, doc.category))
     return out

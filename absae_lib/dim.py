@@ -81,3 +81,26 @@ def dim_projection_accuracy(train_acts: Tensor, train_labels: Tensor, test_acts:
         raise ValueError(f"test_labels must be [n_test] = [{len(test_acts)}], got {tuple(test_labels.shape)}")
     predicted = (test_acts.float() @ direction.to(test_acts.device)) > threshold.to(test_acts.device)
     return (predicted == test_labels.bool()).float().mean().item()
+
+
+def dim_alignment(direction: Tensor, W_dec: Tensor) -> dict[str, float | int]:
+    """How well a dictionary's decoder rows line up with a DiM direction.  direction [d], W_dec [d_sae, d].
+
+    A non-negative SAE can hold the axis only as two latents, one per pole: a row along +direction (fires for
+    label 1) and one along −direction (fires for label 0). A signed SAE can hold it in one row with either sign.
+
+    Returns:
+        best_latent / best_cosine: the row with the largest |cosine| (the cosine keeps its sign);
+        max_latent / max_cosine: the most positive row; min_latent / min_cosine: the most negative row;
+        pair_cosine: cosine of the direction with d̂_max − d̂_min, the axis the best pair of one-sided rows spans.
+    """
+    cos = dim_cosines(direction, W_dec)
+    best = int(cos.abs().argmax())
+    i_max, i_min = int(cos.argmax()), int(cos.argmin())
+    rows = W_dec.detach().float()
+    rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    pair = rows[i_max] - rows[i_min]
+    d = direction.float().to(rows.device)
+    pair_cosine = (pair @ d / (pair.norm() * d.norm()).clamp_min(1e-12)).item()
+    return {"best_latent": best, "best_cosine": cos[best].item(), "max_latent": i_max, "max_cosine": cos[i_max].item(),
+            "min_latent": i_min, "min_cosine": cos[i_min].item(), "pair_cosine": pair_cosine}

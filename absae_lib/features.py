@@ -518,8 +518,8 @@ def _doc_words(doc) -> tuple[str, list[tuple[int, int, str]]]:
 
     pieces, words, offset = [], [], 0
     for paragraph in doc.paragraphs:
-        # data._render is what paragraph_text uses; it also returns every word's span, which we need here.
-        text, spans = data._render([[w for w, _ in s] for s in paragraph], [data.is_headline(s) for s in paragraph])
+        # data.render_words is what paragraph_text uses; it also returns every word's span, which we need here.
+        text, spans = data.render_words([[w for w, _ in s] for s in paragraph], [data.is_headline(s) for s in paragraph])
         for sentence, sentence_spans in zip(paragraph, spans):
             for (_, tag), span in zip(sentence, sentence_spans):
                 if span is not None:

@@ -8,7 +8,9 @@ probes fitted on the train split only; the test split is touched once, to score.
     single_latent_accuracy  the best single latent with a threshold set on train
     dense_probe           logistic regression on the raw activations          (the ceiling)
     signed_to_nonneg      an AbsTopK SAE seen as a 2×-wide non-negative SAE: decoder [D; −D], codes ReLU([z, −z])
+    nonneg_view_check     the view reconstructs and encodes exactly like the SAE; what probes see through it
     antipodal_pairs       decoder rows pointing in opposite directions (one axis split into two latents)
+    probe_task            all of the above for one labelled task and several SAEs, plus the DiM and dense baselines
 
 Shapes: ``n`` examples, ``d_sae`` latents, ``d`` model width.
 """
@@ -388,3 +390,125 @@ def antipodal_pairs(W_dec: Tensor, threshold: float = -0.9, block_size: int = 20
         pairs.extend(zip((a + s).tolist(), (b + s).tolist(), cos[a, b].tolist()))
     pairs.sort()
     return pairs
+
+
+@torch.no_grad()
+def nonneg_view_check(
+    sae: SAE, acts_train: Tensor, y_train: Tensor, acts_test: Tensor, y_test: Tensor, ks: tuple[int, ...] = PROBE_KS,
+    batch_size: int = 4096,
+) -> dict[str, Any]:
+    """An AbsTopK SAE used directly and through :class:`NonNegView`, on one task.
+
+    What must agree exactly (up to float rounding): the reconstructions, and the signed codes recovered from the
+    view's non-negative ones (z = ReLU(z) − ReLU(−z)). The best single-latent *train* accuracy agrees too: a threshold
+    on z_i at t ≥ 0 is a threshold on the positive pole, one at t ≤ 0 a threshold on the negative pole, so the view
+    offers exactly the same cuts. Its test accuracy can differ only by where the threshold sits between two train
+    values and by which of two equally good latents wins a tie. The k-sparse probes differ by design: through the view
+    each pole is a separate latent, ranked on its own, so an axis held by one signed latent costs two of the k slots.
+
+    Args:
+        sae: a signed SAE (``sae.cfg.signed``).
+        acts_train, acts_test: [n, d_in] activations; y_train, y_test: [n] 0/1.
+        ks: the k of the sparse probes.
+
+    Returns:
+        {"max_recon_difference" (largest |Δ| of a coordinate), "max_recon_relative_difference" (largest
+        ‖Δ recon‖ / ‖recon‖ of a row: float rounding of the two summation orders, ~1e-7), "max_code_difference",
+        "max_difference" (the larger of the relative reconstruction and the code difference),
+        "nonneg" (view codes all ≥ 0), "max_active" (most non-zero view codes on a row),
+        "single_train_difference", "single_test_difference" (view − direct),
+        "sparse_direct" {k: acc}, "sparse_view" {k: acc}, "single_direct", "single_view" (test accuracies)}.
+    """
+    if not sae.cfg.signed:
+        raise ValueError(f"nonneg_view_check needs a signed SAE, got architecture {sae.cfg.architecture!r}")
+    view = signed_to_nonneg(sae)
+    device = next(sae.parameters()).device
+    recon_diff = recon_rel = code_diff = 0.0
+    nonneg, max_active = True, 0
+    for acts in (acts_train, acts_test):
+        for s in range(0, len(acts), batch_size):
+            x = acts[s:s + batch_size].to(device).float()
+            direct, through = sae(x), view(x)
+            delta = direct.recon - through.recon
+            recon_diff = max(recon_diff, delta.abs().max().item())
+            recon_rel = max(recon_rel, (delta.norm(dim=-1) / direct.recon.norm(dim=-1).clamp_min(1e-12)).max().item())
+            code_diff = max(code_diff, (view.merge_codes(through.codes) - direct.codes).abs().max().item())
+            nonneg = nonneg and bool((through.codes >= 0).all())
+            max_active = max(max_active, int((through.codes != 0).sum(-1).max()))
+    codes = {name: (encode_all(m, acts_train, batch_size), encode_all(m, acts_test, batch_size))
+             for name, m in (("direct", sae), ("view", view))}
+    out: dict[str, Any] = {"max_recon_difference": recon_diff, "max_recon_relative_difference": recon_rel,
+                           "max_code_difference": code_diff, "max_difference": max(recon_rel, code_diff),
+                           "nonneg": nonneg, "max_active": max_active}
+    singles = {}
+    for name, (ctr, cte) in codes.items():
+        sweep = sparse_probe_sweep(ctr, y_train, cte, y_test, ks, signed=name == "direct")
+        out[f"sparse_{name}"] = {r["k"]: r["accuracy"] for r in sweep}
+        singles[name] = single_latent_accuracy(ctr, y_train, cte, y_test)
+        out[f"single_{name}"] = singles[name]["accuracy"]
+    # Compared as counts of correct train rows: the two accuracies are float32 sums taken in different orders.
+    n = len(acts_train)
+    out["single_train_difference"] = (round(singles["view"]["train_accuracy"] * n)
+                                      - round(singles["direct"]["train_accuracy"] * n)) / n
+    out["single_test_difference"] = singles["view"]["accuracy"] - singles["direct"]["accuracy"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One task, several SAEs
+
+
+def probe_task(
+    saes: dict[str, Any], acts_train: Tensor, y_train: Tensor, acts_test: Tensor, y_test: Tensor,
+    ks: tuple[int, ...] = PROBE_KS, batch_size: int = 4096,
+) -> dict[str, Any]:
+    """Every probe of chapter 6 on one binary task: baselines on the raw activations, then each SAE's latents.
+
+    Selection, thresholds, probe weights and the DiM direction all come from the train split; the test split is only
+    scored.
+
+    Args:
+        saes: {name: SAE}; signed SAEs (``cfg.signed``) have their latents ranked with both poles counted.
+        acts_train: [n_train, d] activations at the label tokens; y_train: [n_train] 0/1.
+        acts_test: [n_test, d]; y_test: [n_test] 0/1.
+        ks: the k of the k-sparse probes (k > d_sae is skipped).
+
+    Returns:
+        {"n_train", "n_test",
+         "dim_accuracy": DiM projection accuracy (test), "dense_accuracy" / "dense_train_accuracy": logistic
+         regression on the activations,
+         "variants": {name: {"sparse": {k: test acc}, "sparse_train": {k: train acc}, "latents": the max-k
+                             selection (best first), "mean_diff": their signed mean code differences,
+                             "single": :func:`single_latent_accuracy`'s dict plus "dim_cosine" (its decoder row vs
+                             DiM), "dim": :func:`absae_lib.dim.dim_alignment`,
+                             "nmse": reconstruction error of the test activations (‖x − x̂‖² / ‖x − x̄‖²)}}}
+    """
+    from absae_lib.dim import diff_in_means, dim_alignment, dim_cosines, dim_projection_accuracy
+
+    y_train, y_test = torch.as_tensor(y_train).long(), torch.as_tensor(y_test).long()
+    dense = dense_probe(acts_train, y_train, acts_test, y_test)
+    direction = diff_in_means(acts_train, y_train)
+    out: dict[str, Any] = {
+        "n_train": len(acts_train), "n_test": len(acts_test),
+        "dim_accuracy": dim_projection_accuracy(acts_train, y_train, acts_test, y_test),
+        "dense_accuracy": dense["accuracy"], "dense_train_accuracy": dense["train_accuracy"], "variants": {},
+    }
+    centred = acts_test.float() - acts_test.float().mean(0)
+    for name, sae in saes.items():
+        signed = bool(getattr(sae.cfg, "signed", False))
+        ctr, cte = encode_all(sae, acts_train, batch_size), encode_all(sae, acts_test, batch_size)
+        sweep = sparse_probe_sweep(ctr, y_train, cte, y_test, ks, signed=signed)
+        single = single_latent_accuracy(ctr, y_train, cte, y_test)
+        single["dim_cosine"] = dim_cosines(direction, sae.W_dec[single["latent"]][None])[0].item()
+        with torch.no_grad():
+            device = next(sae.parameters()).device
+            recon = torch.cat([sae.decode(cte[s:s + batch_size].to(device)).float().cpu()
+                               for s in range(0, len(cte), batch_size)])
+        nmse = ((acts_test.float() - recon).pow(2).sum() / centred.pow(2).sum()).item()
+        out["variants"][name] = {
+            "sparse": {r["k"]: r["accuracy"] for r in sweep},
+            "sparse_train": {r["k"]: r["train_accuracy"] for r in sweep},
+            "latents": sweep[-1]["latents"] if sweep else [], "mean_diff": sweep[-1]["mean_diff"] if sweep else [],
+            "single": single, "dim": dim_alignment(direction, sae.W_dec), "nmse": nmse,
+        }
+    return out

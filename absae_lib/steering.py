@@ -13,17 +13,25 @@ What the steering did:
 
     vader_score            sentiment of generated text (VADER compound, −1..1)
     target_logprob_shift   mean change in log-prob of chosen next tokens
+    logprob_margin         mean log-prob of one word list minus another's (e.g. positive vs negative words)
     refusal_rate           fraction of completions that contain a refusal phrase
     perplexity             on held-out text, with and without the hook (the capability cost)
 
-Refusal steering uses ``HARMFUL_INSTRUCTIONS`` / ``HARMLESS_INSTRUCTIONS`` in the model's chat template.
+Sweeps: ``CachedPrefix`` runs fixed texts up to the hook once, so each steering hook then costs only the blocks after
+it; ``generate_conditions`` generates under several hooks in one batch (``stacked_hooks``). ``concept_poles`` picks the
+latent (and sign) an SAE offers for each end of a concept axis, and ``axis_hook`` steers along it by adding the
+decoder row or clamping the latent.
+
+Sentiment steering uses ``SENTIMENT_PROMPTS`` with ``POSITIVE_WORDS`` / ``NEGATIVE_WORDS``; refusal steering uses
+``HARMFUL_INSTRUCTIONS`` / ``HARMLESS_INSTRUCTIONS`` in the model's chat template.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -129,6 +137,107 @@ def clamp_latent_hook(sae, latent: int, value: float, positions: Positions = "al
     return hook
 
 
+def identity_hook(activation: Tensor, hook=None) -> Tensor:
+    """A hook that changes nothing (the unsteered condition, where a hook is required)."""
+    return activation
+
+
+def stacked_hooks(hook_fns: Sequence[HookFn | None], group_size: int) -> HookFn:
+    """One hook for a batch made of ``len(hook_fns)`` groups of ``group_size`` consecutive rows.
+
+    Group g (rows g·group_size … (g+1)·group_size − 1) goes through ``hook_fns[g]``; None leaves its group unchanged.
+    This is how several steering conditions share one batched forward pass or one ``generate`` call: repeat the
+    prompts once per condition. The batch must have exactly ``len(hook_fns) * group_size`` rows.
+    """
+    hook_fns = list(hook_fns)
+    if not hook_fns or group_size < 1:
+        raise ValueError(f"need at least one hook and group_size ≥ 1, got {len(hook_fns)} hooks, group_size {group_size}")
+
+    def hook(activation: Tensor, hook=None) -> Tensor:
+        n_rows = len(hook_fns) * group_size
+        if activation.shape[0] != n_rows:
+            raise ValueError(f"stacked_hooks expects {len(hook_fns)} groups × {group_size} rows = {n_rows} rows, "
+                             f"the batch has {activation.shape[0]}")
+        parts = []
+        for g, fn in enumerate(hook_fns):
+            part = activation[g * group_size:(g + 1) * group_size]
+            parts.append(part if fn is None else fn(part, hook))
+        return torch.cat(parts)
+
+    return hook
+
+
+@dataclass(frozen=True)
+class Poles:
+    """The latent an SAE offers for each end of a concept axis, with the sign of its code there.
+
+    ``positive = (latent, sign)``: pushing towards label 1 means adding sign·W_dec[latent] (or clamping the latent
+    to a code of that sign). A signed (AbsTopK) SAE gives one latent with opposite signs; a non-negative SAE gives two
+    latents, both with sign +1 (it can only say "more of" a direction).
+    """
+
+    positive: tuple[int, int]
+    negative: tuple[int, int]
+    mean_diff: tuple[float, float]  # mean code on label 1 − on label 0, for the positive and the negative latent
+
+    @property
+    def single(self) -> bool:
+        """Whether one latent serves both ends."""
+        return self.positive[0] == self.negative[0]
+
+
+def concept_poles(codes: Tensor, labels: Tensor, signed: bool) -> Poles:
+    """Pick the latent(s) to steer a binary concept with, by the gap between class-mean codes (train split only).
+
+    Signed SAE: the latent with the largest |mean code on label 1 − on label 0|; its sign says which code sign marks
+    label 1 (the other sign is the other pole). Non-negative SAE: the latent with the most positive gap (it fires
+    for label 1) and the one with the most negative gap (it fires for label 0), ranked as in
+    ``probing.select_latents``.
+
+    Args:
+        codes: [n, d_sae] codes of the labelled examples; labels: [n] 0/1.
+        signed: whether the SAE's codes may be negative.
+    """
+    from absae_lib.probing import mean_code_difference
+
+    if not signed and (codes < 0).any():
+        raise ValueError("codes have negative entries but signed=False; pass signed=True for an AbsTopK SAE")
+    diff = mean_code_difference(codes, labels)
+    if signed:
+        i = int(diff.abs().argmax())
+        sign = 1 if diff[i] >= 0 else -1
+        return Poles((i, sign), (i, -sign), (diff[i].item(), diff[i].item()))
+    i_pos, i_neg = int(diff.argmax()), int(diff.argmin())
+    if not diff[i_pos] > 0 > diff[i_neg]:
+        raise ValueError("no latent fires more on one class than on the other for both classes; "
+                         f"the largest gaps are {diff[i_pos]:.3g} and {diff[i_neg]:.3g}")
+    return Poles((i_pos, 1), (i_neg, 1), (diff[i_pos].item(), diff[i_neg].item()))
+
+
+def axis_hook(sae, poles: Poles, alpha: float, scale: float, mode: str = "add",
+              positions: Positions = "all") -> HookFn:
+    """Steer along a concept axis with an SAE: α > 0 towards label 1, α < 0 towards label 0.
+
+    The pole for α's sign is (latent, sign) from ``poles``; ``|α|·scale`` is the size of the push in residual units:
+
+    - "add": x + |α|·scale · sign·D/‖D‖ (activation addition along the decoder row, D = W_dec[latent]);
+    - "clamp": set the latent's code to c = sign·|α|·scale/‖D‖ (``clamp_latent_hook``), which adds the same vector
+      where the latent is silent and less where it already fires on its own.
+
+    α = 0 gives ``identity_hook``.
+    """
+    if mode not in ("add", "clamp"):
+        raise ValueError(f"mode must be 'add' or 'clamp', got {mode!r}")
+    if alpha == 0:
+        return identity_hook
+    latent, sign = poles.positive if alpha > 0 else poles.negative
+    row = sae.W_dec[latent].detach().float()
+    size = abs(alpha) * scale
+    if mode == "add":
+        return steering_hook(sign * row / row.norm(), size, positions)
+    return clamp_latent_hook(sae, latent, sign * size / row.norm().item(), positions)
+
+
 def _hooks(model, hook_name: str | None, hook_fn: HookFn | None):
     """``model.hooks`` with one forward hook, or a no-op context when there is none."""
     if (hook_name is None) != (hook_fn is None):
@@ -186,6 +295,40 @@ def generate_steered(
                     row = row[: row.index(eos)]
                 outputs.append(tokenizer.decode(row, skip_special_tokens=True))
     return outputs
+
+
+def generate_conditions(
+    model, prompts: Sequence[str], hook_name: str, conditions: Mapping[str, HookFn | None],
+    max_new_tokens: int = 24, max_batch: int = 64, progress: bool = True,
+) -> dict[str, list[str]]:
+    """Greedy completions of every prompt under every condition, several conditions per ``generate`` call.
+
+    The prompts are repeated once per condition and each block of rows gets its own hook (``stacked_hooks``), so a
+    handful of conditions costs about one batched generation instead of one each. Greedy decoding only: a sampled
+    token would depend on which other rows share the batch.
+
+    Args:
+        conditions: {name: hook or None (unsteered)}.
+        max_batch: rows per ``generate`` call (at least one condition's prompts).
+
+    Returns:
+        {name: completions, one per prompt}.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got a single string; wrap it in a list")
+    names, n = list(conditions), len(prompts)
+    if n == 0 or not names:
+        raise ValueError("need at least one prompt and one condition")
+    per_call = max(1, max_batch // n)
+    out: dict[str, list[str]] = {}
+    for s in tqdm(range(0, len(names), per_call), desc="generate", disable=not progress):
+        chunk = names[s:s + per_call]
+        hook = stacked_hooks([conditions[name] for name in chunk], n)
+        texts = generate_steered(model, list(prompts) * len(chunk), hook_name, hook, max_new_tokens=max_new_tokens,
+                                 batch_size=n * len(chunk), progress=False)
+        for i, name in enumerate(chunk):
+            out[name] = texts[i * n:(i + 1) * n]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,6 +399,22 @@ def target_logprob_shift(model, prompts: Sequence[str], hook_name: str, hook_fn:
     return (steered - clean).mean().item()
 
 
+def logprob_margin(logprobs: Tensor, tokenizer, positive_words: Sequence[str],
+                   negative_words: Sequence[str]) -> Tensor:
+    """Per prompt: mean log-prob of the positive words minus mean log-prob of the negative words, as the next token.
+
+    logprobs [n_prompts, d_vocab] (from ``next_token_logprobs`` or ``CachedPrefix.next_token_logprobs``) -> [n_prompts].
+    Each word counts by its first token (write words with their leading space). The change of this margin under a
+    hook is ``target_logprob_shift`` of the positive words minus that of the negative words: a judge of which way a
+    steering hook pushes the model that needs no generation.
+    """
+    if not positive_words or not negative_words:
+        raise ValueError("both word lists must be non-empty")
+    pos = torch.tensor(_target_ids(tokenizer, positive_words))
+    neg = torch.tensor(_target_ids(tokenizer, negative_words))
+    return logprobs[:, pos].mean(1) - logprobs[:, neg].mean(1)
+
+
 # Phrases that mark a refusal, matched as case-insensitive substrings (the approach of Zou et al. 2023 and
 # Arditi et al. 2024; this list is ours, written for a small chat model's phrasing).
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -308,6 +467,108 @@ def perplexity(model, texts: Sequence[str], hook_name: str | None = None, hook_f
     if total_tokens == 0:
         raise ValueError("the texts are too short: each needs at least two tokens to predict one")
     return math.exp(total_nll / total_tokens)
+
+
+def _resume_layer(model, hook_name: str) -> int:
+    """The block a forward pass resumes at after ``hook_name``: resid_post of L -> L+1, resid_pre of L -> L."""
+    import re
+
+    from absae_lib.models import validate_hook
+
+    validate_hook(model, hook_name)
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook_name)
+    if match is None:
+        raise ValueError(f"CachedPrefix needs a residual-stream hook (blocks.L.hook_resid_pre/post), got {hook_name!r}")
+    layer = int(match.group(1))
+    return layer + 1 if match.group(2) == "post" else layer
+
+
+class CachedPrefix:
+    """Fixed texts run once up to a residual hook; each steering hook then costs only the blocks after it.
+
+    A sweep scores many hooks on the same texts (the judge's prompts, the perplexity texts). The model's activations
+    at the hook do not depend on the hook, so they are computed once; every hooked score applies the hook to the
+    cached activations and resumes the forward pass at the next block. The result equals running the model with the
+    hook as a forward hook (the hook sees each right-padded batch as one multi-token pass: prefer positions="all").
+
+    Args:
+        model: a HookedTransformer with a tokenizer.
+        texts: the texts, used as they are (no BOS).
+        hook_name: ``blocks.L.hook_resid_post`` or ``blocks.L.hook_resid_pre``.
+        max_tokens: cut each text to this many tokens (None: keep all).
+        batch_size: texts per forward pass.
+    """
+
+    @torch.inference_mode()
+    def __init__(self, model, texts: Sequence[str], hook_name: str, max_tokens: int | None = None,
+                 batch_size: int = 16):
+        if isinstance(texts, str) or len(texts) == 0:
+            raise ValueError("texts must be a non-empty list of strings")
+        self.model, self.hook_name = model, hook_name
+        self.layer = _resume_layer(model, hook_name)
+        self.device = next(model.parameters()).device
+        self.batches: list[tuple[Tensor, Tensor, Tensor]] = []  # (tokens [b, pos], lengths [b], activation [b, pos, d])
+        for s in range(0, len(texts), batch_size):
+            tokens, lengths = _padded(model.tokenizer, texts[s:s + batch_size])
+            if max_tokens is not None:
+                tokens, lengths = tokens[:, :max_tokens], lengths.clamp(max=max_tokens)
+            tokens = tokens.to(self.device)
+            self.batches.append((tokens, lengths.to(self.device), model(tokens, stop_at_layer=self.layer)))
+
+    def __len__(self) -> int:
+        return sum(len(t) for t, _, _ in self.batches)
+
+    def _final_residuals(self, hook_fn: HookFn | None):
+        """Per batch: tokens, lengths and the residual after the last block (before the final norm), hooked."""
+        for tokens, lengths, activation in self.batches:
+            x = activation if hook_fn is None else hook_fn(activation, None)
+            yield tokens, lengths, self.model(x, start_at_layer=self.layer, stop_at_layer=self.model.cfg.n_layers)
+
+    def _logits(self, residual: Tensor) -> Tensor:
+        return self.model.unembed(self.model.ln_final(residual)).float()
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, hook_fn: HookFn | None = None) -> Tensor:
+        """log p(next token | text) after each text's last token.  -> [n_texts, d_vocab] fp32 on the CPU."""
+        out = []
+        for tokens, lengths, residual in self._final_residuals(hook_fn):
+            last = residual[torch.arange(len(tokens), device=self.device), lengths - 1]  # [b, d]
+            out.append(torch.log_softmax(self._logits(last.unsqueeze(1))[:, 0], dim=-1).cpu())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def perplexity(self, hook_fn: HookFn | None = None) -> float:
+        """exp(mean next-token NLL) over the texts (every token but each text's first), as ``perplexity``."""
+        total_nll, total_tokens = 0.0, 0
+        for tokens, lengths, residual in self._final_residuals(hook_fn):
+            log_probs = torch.log_softmax(self._logits(residual[:, :-1]), dim=-1)
+            targets = tokens[:, 1:]
+            nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            mask = torch.arange(targets.shape[1], device=self.device) < (lengths - 1).unsqueeze(1)
+            total_nll += nll[mask].sum().item()
+            total_tokens += int(mask.sum())
+        if total_tokens == 0:
+            raise ValueError("the texts are too short: each needs at least two tokens to predict one")
+        return math.exp(total_nll / total_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sentiment steering (written for the book): neutral sentence openings whose next word is naturally an evaluation,
+# and the evaluations a positive or a negative push should make more likely. Each word counts by its first token.
+
+SENTIMENT_PROMPTS: tuple[str, ...] = (
+    "The movie was", "I thought the food was", "The weather today is", "The new teacher seems",
+    "The hotel room was", "Our trip to the coast was", "The concert last night was", "This book is",
+    "The service at the restaurant was", "The meeting this morning was", "His new car is", "The news from home was",
+    "The city at night is", "Her first painting was", "The party on Saturday was", "My week at work has been",
+)
+
+POSITIVE_WORDS: tuple[str, ...] = (
+    " good", " great", " wonderful", " excellent", " amazing", " beautiful", " happy", " perfect", " lovely", " nice",
+)
+NEGATIVE_WORDS: tuple[str, ...] = (
+    " bad", " terrible", " awful", " horrible", " boring", " disappointing", " sad", " poor", " ugly", " disgusting",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------

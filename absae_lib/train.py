@@ -47,6 +47,7 @@ class TrainConfig:
     decay_fraction: float = 0.2  # the LR decays linearly to 0 over this last fraction of training
     sparsity_coefficient: float = 0.0  # L1 weight (standard) or L0 weight (jumprelu); ignored by k-sparse variants
     sparsity_warmup_fraction: float = 0.1
+    init_l0: float | None = None  # ReLU/JumpReLU: start each latent firing on init_l0 / d_sae of the tokens (see below)
     aux_k: int | None = None  # AuxK latents; default d_in // 2 (Gao et al.)
     aux_coefficient: float = 1 / 32
     dead_window_tokens: int = 200_000  # a latent silent for this many training tokens counts as dead
@@ -169,6 +170,30 @@ def _forward(sae: SAE, x: Tensor, fast: bool, dead: Tensor | None, k_aux: int, w
     return _Forward(recon=out.recon, pre=out.pre, codes=out.codes, fast=None)
 
 
+def _init_firing_rate_(sae: SAE, rows: Tensor, target_l0: float) -> None:
+    """Shift each latent's threshold so it fires on ``target_l0 / d_sae`` of ``rows`` [n, d_in] (ReLU, JumpReLU).
+
+    A ReLU or JumpReLU SAE starts with about half its latents active, and its penalty pulls L0 down only as fast as
+    Adam moves a bias or threshold (≈ lr per step): a short run ends far from its equilibrium.  Starting each latent
+    at the target firing rate (b_enc for ReLU, the threshold θ for JumpReLU) removes that transient; the penalty
+    then holds or moves the sparsity from there.
+    """
+    arch, d_sae = sae.cfg.architecture, sae.cfg.d_sae
+    if arch not in ("standard", "jumprelu"):
+        raise ValueError(f"init_l0 applies to 'standard' and 'jumprelu' SAEs, not {arch!r}; the k-sparse ones have k")
+    if not 0 < target_l0 < d_sae:
+        raise ValueError(f"init_l0 must be in (0, d_sae = {d_sae}), got {target_l0}")
+    with torch.no_grad():
+        pre = sae.pre_activation(rows)  # [n, d_sae]
+        n = pre.shape[0]
+        keep = max(1, round(n * target_l0 / d_sae))  # tokens on which each latent fires
+        cut = pre.kthvalue(n - keep, dim=0).values  # [d_sae]: the (n − keep)-th smallest pre-activation
+        if arch == "standard":
+            sae.b_enc.sub_(cut)
+        else:
+            sae.threshold.copy_(cut.clamp(min=1e-3))
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -203,6 +228,8 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
             sae.b_dec.copy_(geometric_median(init_rows))
         elif config.b_dec_init != "zero":
             raise ValueError(f"b_dec_init must be 'mean', 'median' or 'zero', got {config.b_dec_init!r}")
+    if config.init_l0 is not None:
+        _init_firing_rate_(sae, init_rows[:8192], config.init_l0)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=config.betas)
     tokens_since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
     history: list[dict] = []

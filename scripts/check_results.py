@@ -23,6 +23,12 @@ CHECKS: dict[str, list[Check]] = {
         ("AbsTopK NMSE below TopK's on signed atoms", lambda r: r["nmse"]["abstopk"] < r["nmse"]["topk"]),
         ("TopK splits atoms into antipodal pairs more than AbsTopK",
          lambda r: r["antipodal_pairs"]["topk"] > r["antipodal_pairs"]["abstopk"]),
+        ("AbsTopK recovers most atoms", lambda r: r["atoms_recovered"]["abstopk"] >= 0.75 * r["n_atoms"]),
+        ("AbsTopK writes an atom with fewer latents than TopK",
+         lambda r: r["latents_per_atom"]["abstopk"] < r["latents_per_atom"]["topk"]),
+        ("AbsTopK's code sign follows the atom's sign", lambda r: r["abstopk_sign_follows"] > 0.95),
+        ("with one latent per atom AbsTopK reconstructs better than TopK",
+         lambda r: r["sweep"]["abstopk"]["x1"]["nmse"] < r["sweep"]["topk"]["x1"]["nmse"]),
     ],
     "03_train_saes": [
         ("TopK and AbsTopK keep exactly k latents", lambda r: r["l0"]["topk"] == r["l0"]["abstopk"] == r["settings"]["k"]),
@@ -51,6 +57,43 @@ CHECKS: dict[str, list[Check]] = {
         ("AbsTopK needs no more antipodal pairs than TopK",
          lambda r: r["antipodal_pairs_abstopk"] <= r["antipodal_pairs_topk"]),
         ("three distinct example latents", lambda r: len(set(r["example_latents"])) == 3),
+    ],
+    "06_probing": [
+        ("all five SAEs probed on every task", lambda r: all(
+            set(r["sparse_probe"][t]) == {"standard", "jumprelu", "topk", "batchtopk", "abstopk"} for t in r["tasks"])),
+        ("the dense probe reads every concept (> 0.6)", lambda r: all(r["dense_accuracy"][t] > 0.6 for t in r["tasks"])),
+        ("DiM reads number (> 0.7)", lambda r: r["dim_accuracy"]["number"] > 0.7),
+        ("the best 20-sparse SAE probe is above chance on every task (> 0.6)", lambda r: all(
+            max(acc[str(max(r["probe_ks"]))] for acc in r["sparse_probe"][t].values()) > 0.6 for t in r["tasks"])),
+        ("more latents probe better (mean over tasks and SAEs, largest k vs k = 1)", lambda r: sum(
+            acc[str(max(r["probe_ks"]))] - acc[str(min(r["probe_ks"]))]
+            for t in r["tasks"] for acc in r["sparse_probe"][t].values()) > 0),
+        ("AbsTopK through NonNegView reconstructs and encodes identically", lambda r: r["adapter_max_difference"] < 1e-5),
+        ("NonNegView: codes >= 0, at most k active, same best single-latent train accuracy", lambda r: all(
+            a["nonneg"] and a["max_active"] <= r["settings"]["k"] and abs(a["single_train_difference"]) < 1e-9
+            for a in r["adapter"].values())),
+        ("the letter probe reads first letters (> 0.2)", lambda r: r["letter_probe_accuracy"] > 0.2),
+        ("absorption rate <= false-negative rate <= 1", lambda r: all(
+            0 <= a["absorption_rate"] <= a["false_negative_rate"] <= 1 for a in r["absorption"].values())),
+    ],
+    "07_steering": [
+        ("DiM steering moves the sentiment judge with the sign of α", lambda r: all(
+            (s > 0) if a > 0 else (s < 0) for a, s in zip(r["alphas"], r["logprob_shift"]["dim"]) if a != 0)),
+        ("a larger DiM push moves the judge further (both signs)", lambda r:
+         r["logprob_shift"]["dim"][-1] > r["logprob_shift"]["dim"][r["alphas"].index(0.0) + 1]
+         and r["logprob_shift"]["dim"][0] < r["logprob_shift"]["dim"][r["alphas"].index(0.0) - 1]),
+        ("perplexity rises with |α| for DiM (both signs)", lambda r:
+         r["perplexity"]["dim"][-1] > r["perplexity"]["dim"][r["alphas"].index(0.0) + 1] > r["base_perplexity"] * 0.99
+         and r["perplexity"]["dim"][0] > r["perplexity"]["dim"][r["alphas"].index(0.0) - 1] > r["base_perplexity"] * 0.99),
+        ("every method's largest pushes cost perplexity", lambda r: all(
+            min(p[0], p[-1]) > r["base_perplexity"] for p in list(r["perplexity"].values())
+            + list(r["clamp_perplexity"].values()))),
+        ("AbsTopK's single latent moves the judge both ways", lambda r: r["moves_both_ways"]["abstopk-add"]
+         and r["latents"]["abstopk"]["positive"][0] == r["latents"]["abstopk"]["negative"][0]),
+        ("refusal measured: rates are fractions, harmful base rate included", lambda r:
+         "harmful, unsteered" in r["refusal_rate"] and all(0 <= v <= 1 for v in r["refusal_rate"].values())),
+        ("generations scored by VADER in [-1, 1]", lambda r: len(r["vader"]) == 7
+         and all(-1 <= v <= 1 for v in r["vader"].values())),
     ],
 }
 

@@ -153,7 +153,8 @@ def test_activations_at_matches_one_text_at_a_time():
     hook = "blocks.0.hook_resid_post"
     texts = ["The old man walked", "A cat", "Several dogs barked loudly at the mailman today", "We met the queen"]
     ds = ConceptDataset("t", texts, torch.tensor([0, 1, 0, 1]), positions=[-1, 1, 3, -2])
-    acts = activations_at(model, ds, hook, batch_size=3, progress=False)  # sorted, padded, two batches
+    # fp32: the default compute dtype is bf16 on bf16-capable CPUs, and this test checks batching, not dtype
+    acts = activations_at(model, ds, hook, batch_size=3, compute_dtype=torch.float32, progress=False)  # 2 batches
     assert acts.shape == (4, 32) and acts.dtype == torch.float32
     for i, text in enumerate(texts):
         tokens = model.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -177,3 +178,11 @@ def test_prefix_gives_the_same_activation_as_the_full_sentence(model):
         assert full_ids[0, : len(prefix_ids)].tolist() == prefix_ids
         _, cache = model.run_with_cache(full_ids, names_filter=hook, stop_at_layer=4)
         torch.testing.assert_close(acts[i], cache[hook][0, len(prefix_ids) - 1], rtol=1e-4, atol=1e-4)
+
+
+def test_build_dataset_by_name():
+    ds = concepts.build_dataset("number", 8, seed=1, use_cache=False)
+    assert ds.name == "number" and ds.class_counts() == [8, 8]
+    assert concepts.build_dataset("gender", 8, use_cache=False).texts == concepts.gender_dataset(use_cache=False).texts
+    with pytest.raises(ValueError, match="unknown concept dataset"):
+        concepts.build_dataset("colour")

@@ -4,12 +4,14 @@ antipodal decoder pairs."""
 import pytest
 import torch
 
-from absae_lib.dim import diff_in_means, dim_cosines, dim_projection_accuracy
+from absae_lib.dim import diff_in_means, dim_alignment, dim_cosines, dim_projection_accuracy
 from absae_lib.probing import (
     _best_thresholds,
     antipodal_pairs,
     dense_probe,
     encode_all,
+    nonneg_view_check,
+    probe_task,
     select_latents,
     signed_to_nonneg,
     single_latent_accuracy,
@@ -56,6 +58,19 @@ def test_dim_projection_accuracy_separable_and_shuffled():
     acc = dim_projection_accuracy(x[:1000], shuffled[:1000], x[1000:], shuffled[1000:])
     assert abs(acc - 0.5) < 0.07
 
+
+
+def test_dim_alignment_single_row_and_pair():
+    direction = torch.tensor([1.0, 0.0, 0.0])
+    # row 2 is the axis with a negative sign; rows 0 and 3 are the two one-sided halves of a tilted axis
+    W_dec = torch.tensor([[0.8, 0.6, 0.0], [0.0, 0.0, 1.0], [-3.0, 0.0, 0.0], [-0.8, 0.6, 0.0]])
+    a = dim_alignment(direction, W_dec)
+    assert a["best_latent"] == 2 and a["best_cosine"] == pytest.approx(-1.0)
+    assert a["max_latent"] == 0 and a["max_cosine"] == pytest.approx(0.8)
+    assert a["min_latent"] == 2 and a["min_cosine"] == pytest.approx(-1.0)
+    assert a["pair_cosine"] == pytest.approx((1.8) / (0.6**2 + 1.8**2) ** 0.5)
+    b = dim_alignment(direction, W_dec[[0, 1, 3]])  # without the axis row, the pair (0, 3) spans it exactly
+    assert (b["max_latent"], b["min_latent"]) == (0, 2) and b["pair_cosine"] == pytest.approx(1.0)
 
 # --- latent selection and probes ------------------------------------------------------------------------------------
 
@@ -189,3 +204,50 @@ def test_antipodal_pairs_finds_planted_pairs_across_blocks():
     other = antipodal_pairs(W, block_size=7)  # block size does not change the answer (up to float rounding)
     assert [p[:2] for p in other] == [p[:2] for p in pairs]
     assert [p[2] for p in other] == pytest.approx([p[2] for p in pairs], abs=1e-5)
+
+
+
+def signed_blob_sae(seed: int = 0):
+    """Blobs in 16-d and an AbsTopK SAE (k = 4, 32 latents) whose latent 5 reads and writes the class axis."""
+    x, y, direction = blobs(400, 16, gap=6.0, seed=seed)
+    x = x - 3.0 * direction  # classes at −3 and +3 along the axis: a signed latent sees both poles
+    torch.manual_seed(seed + 100)  # not the blobs' seed: the first random decoder row would *be* the direction
+    sae = SAE(16, 32, "abstopk", k=4)
+    with torch.no_grad():
+        sae.W_enc[:, 5] = 3.0 * direction
+        sae.W_dec[5] = direction
+        sae.b_dec.zero_()
+    return sae, x, y, direction
+
+
+def test_nonneg_view_check_on_a_signed_axis():
+    sae, x, y, _ = signed_blob_sae()
+    check = nonneg_view_check(sae, x[:300], y[:300], x[300:], y[300:], ks=(1, 2))
+    assert check["max_difference"] < 1e-5 and check["max_recon_difference"] < 1e-5 and check["max_code_difference"] == 0
+    assert check["nonneg"] and check["max_active"] <= 4
+    assert check["single_train_difference"] == 0.0
+    assert check["single_direct"] > 0.9 and abs(check["single_test_difference"]) <= 0.05
+    assert set(check["sparse_direct"]) == set(check["sparse_view"]) == {1, 2}
+    assert check["sparse_direct"][1] > 0.9
+    with pytest.raises(ValueError, match="signed"):
+        nonneg_view_check(SAE(16, 32, "topk", k=4), x[:300], y[:300], x[300:], y[300:])
+
+
+def test_probe_task_finds_the_planted_axis():
+    sae, x, y, direction = signed_blob_sae()
+    topk = SAE(16, 32, "topk", k=4)
+    with torch.no_grad():  # the same axis split into two one-sided latents, 3 (label 1) and 9 (label 0)
+        topk.W_enc[:, 3], topk.W_enc[:, 9] = 3.0 * direction, -3.0 * direction
+        topk.W_dec[3], topk.W_dec[9] = direction, -direction
+        topk.b_dec.zero_()
+    result = probe_task({"abstopk": sae, "topk": topk}, x[:300], y[:300], x[300:], y[300:], ks=(1, 2, 64))
+    assert result["n_train"] == 300 and result["n_test"] == 100
+    assert result["dim_accuracy"] > 0.9 and result["dense_accuracy"] > 0.9
+    signed, split = result["variants"]["abstopk"], result["variants"]["topk"]
+    assert set(signed["sparse"]) == {1, 2}  # k > d_sae skipped
+    assert signed["latents"][0] == 5 and signed["single"]["latent"] == 5 and signed["single"]["accuracy"] > 0.9
+    assert signed["dim"]["best_latent"] == 5 and abs(signed["dim"]["best_cosine"]) > 0.95
+    assert abs(signed["single"]["dim_cosine"]) > 0.95
+    assert set(split["latents"]) == {3, 9} and split["single"]["latent"] in (3, 9)
+    assert split["dim"]["max_latent"] == 3 and split["dim"]["min_latent"] == 9 and split["dim"]["pair_cosine"] > 0.95
+    assert all(0 < v["nmse"] for v in result["variants"].values())

@@ -12,13 +12,25 @@ from absae_lib.sae import SAE
 from absae_lib.steering import (
     HARMFUL_INSTRUCTIONS,
     HARMLESS_INSTRUCTIONS,
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    SENTIMENT_PROMPTS,
+    CachedPrefix,
+    Poles,
+    axis_hook,
     chat_prompts,
     clamp_latent_hook,
+    concept_poles,
+    generate_conditions,
     generate_steered,
+    identity_hook,
     is_refusal,
+    logprob_margin,
+    next_token_logprobs,
     perplexity,
     refusal_dataset,
     refusal_rate,
+    stacked_hooks,
     steering_hook,
     target_logprob_shift,
     vader_score,
@@ -194,3 +206,115 @@ def test_instructions_and_chat_prompts(tiny):
     train, test = ds.split(0.25, seed=0)
     assert not set(train.groups) & set(test.groups) and test.class_counts() == [6, 6]
     assert steering.REFUSAL_PHRASES and all(p == p.strip() for p in steering.REFUSAL_PHRASES)
+
+
+# --- sweeps: stacked hooks, conditions, cached prefixes -------------------------------------------------------------
+
+
+def test_stacked_hooks_give_each_group_its_hook():
+    x = torch.randn(6, 3, 4)
+    d = torch.ones(4)
+    out = stacked_hooks([None, steering_hook(d, 1.0), steering_hook(d, -2.0)], group_size=2)(x)
+    torch.testing.assert_close(out[:2], x[:2])
+    torch.testing.assert_close(out[2:4], x[2:4] + 1.0)
+    torch.testing.assert_close(out[4:], x[4:] - 2.0)
+    with pytest.raises(ValueError, match="rows"):
+        stacked_hooks([None, None], group_size=2)(x)
+    assert identity_hook(x) is x
+
+
+def test_generate_conditions_matches_one_call_per_condition(tiny):
+    direction = torch.randn(32)
+    conditions = {"clean": None, "plus": steering_hook(direction, 20.0), "minus": steering_hook(direction, -20.0)}
+    together = generate_conditions(tiny, PROMPTS, HOOK, conditions, max_new_tokens=4, max_batch=6, progress=False)
+    assert list(together) == ["clean", "plus", "minus"]
+    for name, hook in conditions.items():
+        alone = generate_steered(tiny, PROMPTS, None if hook is None else HOOK, hook, max_new_tokens=4, progress=False)
+        assert together[name] == alone
+    assert together["plus"] != together["clean"]
+
+
+@pytest.mark.parametrize("hook_name", [HOOK, "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"])
+def test_cached_prefix_equals_a_hooked_forward_pass(tiny, hook_name):
+    texts = ["The cat sat on the mat and looked out of the window.", "Short text here.", PROMPTS[0]]
+    cached = CachedPrefix(tiny, texts, hook_name, batch_size=2)
+    assert len(cached) == 3
+    hook = steering_hook(torch.randn(32), 3.0)
+    torch.testing.assert_close(cached.next_token_logprobs(), next_token_logprobs(tiny, texts), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cached.next_token_logprobs(hook), next_token_logprobs(tiny, texts, hook_name, hook),
+                               rtol=1e-4, atol=1e-4)
+    assert cached.perplexity() == pytest.approx(perplexity(tiny, texts), rel=1e-4)
+    assert cached.perplexity(hook) == pytest.approx(perplexity(tiny, texts, hook_name, hook), rel=1e-4)
+    assert CachedPrefix(tiny, texts, hook_name, max_tokens=4).perplexity() == pytest.approx(
+        perplexity(tiny, texts, max_tokens=4), rel=1e-4)
+    with pytest.raises(ValueError, match="residual"):
+        CachedPrefix(tiny, texts, "blocks.0.hook_mlp_out")
+
+
+def test_logprob_margin_and_sentiment_words(tiny):
+    ids = lambda words: [tiny.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]  # noqa: E731
+    assert len(set(ids(POSITIVE_WORDS))) == len(POSITIVE_WORDS) and len(set(ids(NEGATIVE_WORDS))) == len(NEGATIVE_WORDS)
+    assert not set(ids(POSITIVE_WORDS)) & set(ids(NEGATIVE_WORDS))
+    assert len(SENTIMENT_PROMPTS) == len(set(SENTIMENT_PROMPTS)) >= 12
+    logprobs = torch.full((2, len(tiny.tokenizer)), -10.0)
+    logprobs[0, ids(POSITIVE_WORDS)] = -2.0
+    logprobs[1, ids(NEGATIVE_WORDS)] = -4.0
+    margin = logprob_margin(logprobs, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS)
+    torch.testing.assert_close(margin, torch.tensor([8.0, -6.0]))
+    # The margin's change is the positive words' shift minus the negative words'.
+    hook = steering_hook(torch.randn(32), 5.0)
+    cached = CachedPrefix(tiny, PROMPTS, HOOK)
+    change = (logprob_margin(cached.next_token_logprobs(hook), tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS)
+              - logprob_margin(cached.next_token_logprobs(), tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS)).mean()
+    expected = (target_logprob_shift(tiny, PROMPTS, HOOK, hook, POSITIVE_WORDS)
+                - target_logprob_shift(tiny, PROMPTS, HOOK, hook, NEGATIVE_WORDS))
+    assert change.item() == pytest.approx(expected, abs=1e-4)
+
+
+# --- concept poles and axis hooks -----------------------------------------------------------------------------------
+
+
+def test_concept_poles_signed_and_nonnegative():
+    labels = torch.tensor([0, 1] * 10)
+    signed = torch.zeros(20, 8)
+    signed[:, 3] = torch.where(labels == 1, -2.0, 2.0)  # one latent, negative on label 1
+    signed[:, 5] = labels * 1.0  # a weaker one-sided latent
+    poles = concept_poles(signed, labels, signed=True)
+    assert poles == Poles((3, -1), (3, 1), (-4.0, -4.0)) and poles.single
+    nonneg = torch.zeros(20, 8)
+    nonneg[:, 1] = labels * 3.0  # fires on label 1
+    nonneg[:, 6] = (1 - labels) * 2.0  # fires on label 0
+    poles = concept_poles(nonneg, labels, signed=False)
+    assert poles.positive == (1, 1) and poles.negative == (6, 1) and not poles.single
+    with pytest.raises(ValueError, match="signed"):
+        concept_poles(signed, labels, signed=False)
+    with pytest.raises(ValueError, match="both classes"):
+        concept_poles(nonneg[:, :2], labels, signed=False)
+
+
+def test_axis_hook_add_and_clamp():
+    torch.manual_seed(0)
+    sae = SAE(32, 64, "topk", k=4)
+    with torch.no_grad():
+        sae.W_dec.mul_(0.5)  # rows of norm 0.5, as after folding an input scale
+    poles = Poles((7, 1), (20, 1), (1.0, -1.0))
+    x = torch.randn(2, 5, 32)
+    unit = lambda i: sae.W_dec[i] / sae.W_dec[i].norm()  # noqa: E731
+    torch.testing.assert_close(axis_hook(sae, poles, 0.5, 10.0)(x) - x, (5.0 * unit(7)).expand_as(x))
+    torch.testing.assert_close(axis_hook(sae, poles, -0.5, 10.0)(x) - x, (5.0 * unit(20)).expand_as(x))
+    assert axis_hook(sae, poles, 0.0, 10.0) is identity_hook
+    # Clamping adds the same vector where the latent is silent.
+    z = sae.encode(x)
+    silent = z[..., 7] == 0
+    clamped = axis_hook(sae, poles, 0.5, 10.0, mode="clamp")(x)
+    torch.testing.assert_close((clamped - x)[silent], (5.0 * unit(7)).expand(int(silent.sum()), 32), rtol=1e-4,
+                               atol=1e-4)
+    # A signed pole clamps to a negative code.
+    signed = SAE(32, 64, "abstopk", k=4)
+    hook = axis_hook(signed, Poles((3, -1), (3, 1), (-1.0, -1.0)), 0.5, 10.0, mode="clamp")
+    row = signed.W_dec[3]
+    added = hook(x) - x  # (c − z_3)·row, so c = added·row/‖row‖² + z_3
+    code = added @ row / row.norm() ** 2 + signed.encode(x)[..., 3]
+    torch.testing.assert_close(code, torch.full((2, 5), -5.0 / row.norm().item()), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="mode"):
+        axis_hook(sae, poles, 1.0, 1.0, mode="scale")

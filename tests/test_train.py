@@ -21,7 +21,7 @@ def signed_atoms(n=12_000, d=24, n_atoms=48, active=3, seed=0):
 
 def quick(architecture, **kwargs):
     base = dict(architecture=architecture, d_sae=96, k=3, batch_size=256, n_steps=400, lr=1e-2, progress=False,
-                dead_window_tokens=8192, log_every=10)
+                dead_window_tokens=8192, log_every=10, autocast="off")  # fp32: tests compare exact maths
     base.update(kwargs)
     return TrainConfig(**base)
 
@@ -136,3 +136,21 @@ def test_fast_sparse_step_trains_like_the_dense_one(architecture):
     # The same maths in another order: the first steps agree to float rounding, the end to a small tolerance.
     assert fast_history[0]["loss"] == pytest.approx(dense_history[0]["loss"], rel=1e-4)
     assert nmse(fast, held_out) == pytest.approx(nmse(dense, held_out), abs=0.02)
+
+
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu"])
+def test_init_l0_starts_at_the_target_sparsity(architecture):
+    # With init_l0 the first logged step (before any update has moved b_enc or θ) fires on ~init_l0 latents per token.
+    x = signed_atoms(n=8192)
+    _, history = train_sae(x, quick(architecture, k=None, d_sae=96, init_l0=6, n_steps=1, log_every=1))
+    assert abs(history[0]["l0"] - 6) < 1.5, history[0]["l0"]
+    _, dense_start = train_sae(x, quick(architecture, k=None, d_sae=96, n_steps=1, log_every=1))
+    assert dense_start[0]["l0"] > 20  # without it, about half the latents fire at step 0
+
+
+def test_init_l0_is_refused_where_it_means_nothing():
+    x = signed_atoms(n=2048)
+    with pytest.raises(ValueError, match="init_l0 applies"):
+        train_sae(x, quick("topk", init_l0=3, n_steps=1))
+    with pytest.raises(ValueError, match=r"init_l0 must be in \(0, d_sae"):
+        train_sae(x, quick("standard", k=None, init_l0=500, n_steps=1))
