@@ -145,13 +145,14 @@ def identity_hook(activation: Tensor, hook=None) -> Tensor:
 def stacked_hooks(hook_fns: Sequence[HookFn | None], group_size: int) -> HookFn:
     """One hook for a batch made of ``len(hook_fns)`` groups of ``group_size`` consecutive rows.
 
-    Group g (rows g·group_size … (g+1)·group_size − 1) goes through ``hook_fns[g]``; None leaves its group unchanged.
+    Group g (rows g·group_size … (g+1)·group_size − 1) goes through ``hook_fns[g]``; None leaves it unchanged.
     This is how several steering conditions share one batched forward pass or one ``generate`` call: repeat the
     prompts once per condition. The batch must have exactly ``len(hook_fns) * group_size`` rows.
     """
     hook_fns = list(hook_fns)
     if not hook_fns or group_size < 1:
-        raise ValueError(f"need at least one hook and group_size ≥ 1, got {len(hook_fns)} hooks, group_size {group_size}")
+        raise ValueError(f"need at least one hook and group_size ≥ 1, got {len(hook_fns)} hooks, "
+                         f"group_size {group_size}")
 
     def hook(activation: Tensor, hook=None) -> Tensor:
         n_rows = len(hook_fns) * group_size
@@ -221,8 +222,8 @@ def axis_hook(sae, poles: Poles, alpha: float, scale: float, mode: str = "add",
     The pole for α's sign is (latent, sign) from ``poles``; ``|α|·scale`` is the size of the push in residual units:
 
     - "add": x + |α|·scale · sign·D/‖D‖ (activation addition along the decoder row, D = W_dec[latent]);
-    - "clamp": set the latent's code to c = sign·|α|·scale/‖D‖ (``clamp_latent_hook``), which adds the same vector
-      where the latent is silent and less where it already fires on its own.
+    - "clamp": set the latent's code to c = sign·|α|·scale/‖D‖ (``clamp_latent_hook``), which adds the same
+      vector where the latent is silent and less where it already fires on its own.
 
     α = 0 gives ``identity_hook``.
     """

@@ -82,9 +82,9 @@ CHECKS: dict[str, list[Check]] = {
         ("a larger DiM push moves the judge further (both signs)", lambda r:
          r["logprob_shift"]["dim"][-1] > r["logprob_shift"]["dim"][r["alphas"].index(0.0) + 1]
          and r["logprob_shift"]["dim"][0] < r["logprob_shift"]["dim"][r["alphas"].index(0.0) - 1]),
-        ("perplexity rises with |α| for DiM (both signs)", lambda r:
-         r["perplexity"]["dim"][-1] > r["perplexity"]["dim"][r["alphas"].index(0.0) + 1] > r["base_perplexity"] * 0.99
-         and r["perplexity"]["dim"][0] > r["perplexity"]["dim"][r["alphas"].index(0.0) - 1] > r["base_perplexity"] * 0.99),
+        ("perplexity rises with |α| for DiM (both signs)", lambda r: all(
+            r["perplexity"]["dim"][end] > r["perplexity"]["dim"][r["alphas"].index(0.0) + step]
+            > 0.99 * r["base_perplexity"] for end, step in ((-1, 1), (0, -1)))),
         ("every method's largest pushes cost perplexity", lambda r: all(
             min(p[0], p[-1]) > r["base_perplexity"] for p in list(r["perplexity"].values())
             + list(r["clamp_perplexity"].values()))),
@@ -94,6 +94,10 @@ CHECKS: dict[str, list[Check]] = {
          "harmful, unsteered" in r["refusal_rate"] and all(0 <= v <= 1 for v in r["refusal_rate"].values())),
         ("generations scored by VADER in [-1, 1]", lambda r: len(r["vader"]) == 7
          and all(-1 <= v <= 1 for v in r["vader"].values())),
+    ],
+    "08_summary": [
+        ("every chapter recorded its numbers before the summary", lambda r: r["missing_chapters"] == []),
+        ("every claim got a verdict", lambda r: r["n_not_run"] == 0 and len(r["verdicts"]) >= 10),
     ],
 }
 
