@@ -76,6 +76,26 @@ CHECKS: dict[str, list[Check]] = {
         ("absorption rate <= false-negative rate <= 1", lambda r: all(
             0 <= a["absorption_rate"] <= a["false_negative_rate"] <= 1 for a in r["absorption"].values())),
     ],
+    "06b_removal_and_facts": [
+        ("SCR: the oracle genre probe beats the biased one", lambda r: r["scr_acc_oracle"] > r["scr_acc_biased"]),
+        ("SCR: projecting out gender's DiM direction helps the biased probe (score > 0)", lambda r: r["scr_score_dim"] > 0),
+        ("SCR scores finite and in [-1, 2] for every SAE and n", lambda r: all(
+            -1 <= s <= 2 for scores in r["scr_score"].values() for s in scores.values())),
+        ("TPP: clean probes read their concepts (> 0.6)", lambda r: all(a > 0.6 for a in r["tpp_acc"].values())),
+        ("TPP: DiM ablation is targeted (score > 0)", lambda r: r["tpp_score_dim"] > 0),
+        ("TPP scores finite and in [-1, 1]", lambda r: all(
+            -1 <= s <= 1 for scores in r["tpp_score"].values() for s in scores.values())),
+        ("facts: accuracy recorded for capital, continent and language", lambda r: set(r["fact_accuracy"]) ==
+         {"capital", "continent", "language"} and all(0 <= a <= 1 for a in r["fact_accuracy"].values())),
+        ("facts: tested + skipped attributes cover all three, by the threshold", lambda r:
+         sorted(r["fact_attributes_tested"] + r["fact_attributes_skipped"]) == ["capital", "continent", "language"]
+         and all(r["fact_accuracy"][a] >= r["fact_min_accuracy"] for a in r["fact_attributes_tested"])),
+        ("RAVEL: the whole-residual patch causes the source's answer (> 0.5) for every tested attribute", lambda r: all(
+            t["methods"]["full"]["all"]["cause"] > 0.5 for t in r["ravel"].values() if t["n_pairs"] > 0)),
+        ("RAVEL: cause and isolation are fractions", lambda r: all(
+            0 <= s[key] <= 1 for t in r["ravel"].values() for by_n in t["methods"].values() for s in by_n.values()
+            for key in ("cause", "isolation", "score"))),
+    ],
     "07_steering": [
         ("DiM steering moves the sentiment judge with the sign of α", lambda r: all(
             (s > 0) if a > 0 else (s < 0) for a, s in zip(r["alphas"], r["logprob_shift"]["dim"]) if a != 0)),

@@ -7,7 +7,15 @@ import torch
 
 from absae_lib import SAE, prox
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    # Brute-force argmins compare to ~1e-12: work in float64 here, and give other test files their float32 back.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def objective(z, v, penalty):
