@@ -22,6 +22,22 @@ def tiny_model(d_model=16, seed=0):
     return HookedTransformer(cfg).eval()
 
 
+@pytest.fixture(autouse=True)
+def fp32_compute(monkeypatch):
+    # The exactness checks below compare with an fp32 run_with_cache; on a CPU with fast bf16 the harvest's default
+    # would be bf16 compute, so these tests pin the default to the model's own dtype (fp32).
+    monkeypatch.setattr(activations, "bf16_is_fast", lambda device: False)
+
+
+def test_default_compute_is_bf16_only_where_it_is_fast(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(activations, "bf16_is_fast", lambda device: True)
+    assert activations.resolve_compute_dtype(torch.float32, cpu) == torch.bfloat16
+    assert activations.resolve_compute_dtype(torch.float32, cpu, "fp32") == torch.float32
+    monkeypatch.setattr(activations, "bf16_is_fast", lambda device: False)
+    assert activations.resolve_compute_dtype(torch.float32, cpu) == torch.float32
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ABSAE_CACHE", str(tmp_path))
