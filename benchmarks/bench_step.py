@@ -2,7 +2,8 @@
 
     python benchmarks/bench_step.py --quick            # d_sae 4608, k 32, B 4096 (about a minute on 2 cores)
     python benchmarks/bench_step.py                    # d_sae 4608 … 36864, k 32 and 64 (many minutes)
-    python benchmarks/bench_step.py --saelens          # adds SAELens's TopKTrainingSAE step (topk mode only)
+    python benchmarks/bench_step.py --saelens          # adds SAELens's TopKTrainingSAE step (topk, abstopk modes;
+                                                       # SAELens has no AbsTopK, so its TopK step stands in)
 
 Each step is timed after warm-up; the variants run round-robin, ``--reps`` times each, and the table shows the
 median and the minimum (the minimum is the best guess of the time on an idle machine).  "floor" is the part no
@@ -148,7 +149,7 @@ def main() -> None:
     print(f"device {device}, threads {torch.get_num_threads()}, B {args.batch}, d_in {args.d_in}, {args.adam} Adam, "
           f"load average {os.getloadavg()[0]:.2f} (of {os.cpu_count()} cores)")
     header = (f"{'mode':9} {'d_sae':>6} {'k':>3} {'dtype':5} {'step':8} {'median ms':>9} {'min ms':>9} {'tok/s':>9} "
-              f"{'× floor':>8} {'vs dense':>9}")
+              f"{'× floor':>8} {'vs dense':>9} {'vs SAELens':>10}")
     print(header)
     print("-" * len(header))
     for mode in args.modes:
@@ -177,17 +178,19 @@ def main() -> None:
                                                             k_aux=args.d_in // 2, workspace=workspace)
                     if not args.no_dense:
                         fns["dense"] = lambda: dense_step(params, optimizer, x, k, mode)
-                    if args.saelens and mode == "topk" and amp is None:
+                    if args.saelens and mode in ("topk", "abstopk") and amp is None:
+                        # SAELens has no AbsTopK: its TopK step (same shapes, same top-k work) is the reference.
                         fns["saelens"] = saelens_step_fn(args.d_in, d_sae, k, device, x)
                     fns = {name: under_autocast(fn) for name, fn in fns.items()}
                     times = timed(fns, args.reps, args.warmup, device)
                     median = {name: statistics.median(t) for name, t in times.items()}
                     for name, t in times.items():
                         vs_dense = f"{median['dense'] / median[name]:8.2f}×" if "dense" in median else ""
+                        vs_saelens = f"{median['saelens'] / median[name]:8.2f}×" if "saelens" in median else ""
                         dtype = "bf16" if amp is not None else "fp32"
                         print(f"{mode:9} {d_sae:6d} {k:3d} {dtype:5} {name:8} {median[name]:9.1f} {min(t):9.1f} "
                               f"{args.batch / median[name] * 1e3:9.0f} {median[name] / median['floor']:8.2f} "
-                              f"{vs_dense:>9}", flush=True)
+                              f"{vs_dense:>9} {vs_saelens:>10}", flush=True)
                     del params, optimizer, workspace, buffers
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
