@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export ABSAE_CACHE ?= $(CURDIR)/.cache/absae
 NOTEBOOKS := $(notdir $(sort $(wildcard notebooks/[0-9]*.ipynb)))
 
-.PHONY: setup main compare notebooks book smoke nbmake check-book test clean-book
+.PHONY: setup main compare notebooks book smoke nbmake check-book test bench clean-book
 
 # --- set-up ---------------------------------------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -62,6 +62,13 @@ check-book:
 test: setup
 	$(MAKE) smoke nbmake book check-book
 	$(PY) -m pytest -q tests
+
+# --- benchmarks (benchmarks/RESULTS.md; run them on an otherwise idle machine) ---------------------------------------
+bench: setup
+	$(PY) benchmarks/bench_step.py --modes topk abstopk --d-sae 4608 18432 --k 32 64 --bf16 --saelens --reps 3
+	$(PY) benchmarks/bench_step.py --modes abstopk --d-sae 4608 9216 18432 36864 --k 32 --bf16 --no-dense --reps 3
+	$(PY) benchmarks/bench_harvest.py
+	$(PY) benchmarks/bench_book.py --profile smoke
 
 clean-book:
 	rm -rf _build
