@@ -68,6 +68,10 @@ def floor_step(params, x, k, mode, buffers):
     with torch.no_grad():
         if not buffers:
             buffers.extend([torch.empty(x.shape[0], W_enc.shape[1], device=x.device) for _ in range(2)])
+        if torch.is_autocast_enabled(x.device.type):  # bf16 floor: autocast skips ops that write into out=
+            pre = torch.addmm(b_enc, x - b_dec, W_enc)
+            (pre.abs() if mode == "abstopk" else pre).topk(k, dim=-1, sorted=False)
+            return
         pre = torch.addmm(b_enc, x - b_dec, W_enc, out=buffers[0])
         (torch.abs(pre, out=buffers[1]) if mode == "abstopk" else pre).topk(k, dim=-1, sorted=False)
 

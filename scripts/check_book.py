@@ -34,7 +34,7 @@ def render(page: Path, screenshot: Path | None = None) -> str:
         base = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
         dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
         if screenshot is not None:
-            subprocess.run([*base, f"--screenshot={screenshot}", "--window-size=1280,1600", page.as_uri()],
+            subprocess.run([*base, f"--screenshot={screenshot}", "--window-size=1280,5200", page.as_uri()],
                            capture_output=True, timeout=120)
     return dom
 
