@@ -39,6 +39,7 @@ notebooks: setup
 		echo "== $$nb (cpu profile)"; \
 		../$(PY) -m papermill "$$nb" "$$nb" -p profile cpu --cwd . --progress-bar; \
 	done
+	$(PY) scripts/strip_injected.py notebooks/*.ipynb
 
 book:
 	$(VENV)/bin/jupyter-book build -W -n --keep-going .
