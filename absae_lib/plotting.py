@@ -312,3 +312,46 @@ def plot_sign_balance(fraction_negative, ax: Axes | None = None, bins: int = 20,
     ax.set_ylabel("latents")
     ax.set_title(title)
     return ax
+
+
+# --- chapter 7 ----------------------------------------------------------------------------------------------------------
+
+
+def plot_steering_sweep(sweep, labels: Mapping[str, str], budget: float, axis_name: str,
+                        negative_pole: str, positive_pole: str) -> Figure:
+    """A ``steering.AxisSweep`` in three panels: judged shift vs α; shift vs perplexity (efficiency, log scale,
+    dotted line at ``budget`` × the unsteered perplexity); multiple-choice accuracy vs α (if measured).
+
+    ``labels`` {method: legend label}; a method whose name ends in "-clamp" is drawn dashed (shift only), the
+    supervised "dim" and the AbsTopK methods thicker.
+    """
+    panels = 3 if sweep.accuracy else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 4.3))
+    alphas = sweep.alphas
+    for method, label in labels.items():
+        variant = method.split("-")[0]
+        clamp = method.endswith("-clamp")
+        style = dict(color=color(variant), lw=2.5 if variant in ("dim", "abstopk") else 1.5, ls="--" if clamp else "-",
+                     marker="x" if clamp else "o", ms=4, label=label)
+        axes[0].plot(alphas, sweep.shift[method], **style)
+        if not clamp:
+            axes[1].plot(sweep.perplexity[method], sweep.shift[method], **style)
+            if sweep.accuracy:
+                axes[2].plot(alphas, sweep.accuracy[method], **style)
+    for ax in axes[:2]:
+        ax.axhline(0, color="k", lw=0.8)
+    axes[0].axvline(0, color="k", lw=0.8)
+    axes[0].set(xlabel=f"α (< 0: towards {negative_pole}, > 0: towards {positive_pole})",
+                ylabel=f"judged shift of the {axis_name} margin (nats)", title="What the push does")
+    axes[1].axvline(sweep.base_perplexity, color="k", lw=0.8)
+    axes[1].axvline(budget * sweep.base_perplexity, color="k", lw=0.8, ls=":")
+    axes[1].set_xscale("log")
+    axes[1].set(xlabel="perplexity on held-out text (log; dotted: the budget)", ylabel="judged shift (nats)",
+                title="What it costs: perplexity")
+    if sweep.accuracy:
+        axes[2].axvline(0, color="k", lw=0.8)
+        axes[2].set(xlabel="α", ylabel="accuracy", ylim=(-0.03, 1.03),
+                    title="What it costs: facts answered (4 options)")
+    axes[0].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig

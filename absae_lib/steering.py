@@ -16,14 +16,17 @@ What the steering did:
     logprob_margin         mean log-prob of one word list minus another's (e.g. positive vs negative words)
     refusal_rate           fraction of completions that contain a refusal phrase
     perplexity             on held-out text, with and without the hook (the capability cost)
+    MultipleChoice         questions the model answers with one token (world facts): accuracy as a second cost
 
 Sweeps: ``CachedPrefix`` runs fixed texts up to the hook once, so each steering hook then costs only the blocks after
 it; ``generate_conditions`` generates under several hooks in one batch (``stacked_hooks``). ``concept_poles`` picks the
 latent (and sign) an SAE offers for each end of a concept axis, and ``axis_hook`` steers along it by adding the
-decoder row or clamping the latent.
+decoder row or clamping the latent. ``sweep_axis`` scores a set of such hooks over an α grid: judged shift,
+perplexity and multiple-choice accuracy.
 
-Sentiment steering uses ``SENTIMENT_PROMPTS`` with ``POSITIVE_WORDS`` / ``NEGATIVE_WORDS``; refusal steering uses
-``HARMFUL_INSTRUCTIONS`` / ``HARMLESS_INSTRUCTIONS`` in the model's chat template.
+Sentiment steering uses ``SENTIMENT_PROMPTS`` with ``POSITIVE_WORDS`` / ``NEGATIVE_WORDS``; gender steering
+``GENDER_PROMPTS`` with ``FEMALE_WORDS`` / ``MALE_WORDS``; refusal steering ``HARMFUL_INSTRUCTIONS`` /
+``HARMLESS_INSTRUCTIONS`` in the model's chat template.
 """
 
 from __future__ import annotations
@@ -554,6 +557,164 @@ class CachedPrefix:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# A second cost: questions the unsteered model answers
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """Questions answered by one next token: each prompt's options (by first token) and which one is right.
+
+    The accuracy is read from next-token log-probs, so a steering hook's cost on it comes from one pass over the
+    prompts (``CachedPrefix(model, mc.prompts, hook_name).next_token_logprobs(hook)``).
+    """
+
+    prompts: tuple[str, ...]
+    options: Tensor  # [n, n_options] token ids
+    answer: Tensor  # [n] index into options of the right one
+
+    def __post_init__(self):
+        n = len(self.prompts)
+        if self.options.dim() != 2 or self.options.shape[0] != n or self.answer.shape != (n,):
+            raise ValueError(f"need options [n, n_options] and answer [n] for {n} prompts, got "
+                             f"{tuple(self.options.shape)} and {tuple(self.answer.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def choose(self, logprobs: Tensor) -> Tensor:
+        """logprobs [n, d_vocab] -> [n] index of the option the model ranks first."""
+        if logprobs.shape[0] != len(self):
+            raise ValueError(f"logprobs has {logprobs.shape[0]} rows for {len(self)} questions")
+        return logprobs.gather(1, self.options.to(logprobs.device)).argmax(1).cpu()
+
+    def correct(self, logprobs: Tensor) -> Tensor:
+        """[n] bool: the model ranks the right option first."""
+        return self.choose(logprobs) == self.answer
+
+    def accuracy(self, logprobs: Tensor) -> float:
+        return self.correct(logprobs).float().mean().item()
+
+    def subset(self, keep: Tensor) -> "MultipleChoice":
+        """The questions where ``keep`` [n] bool is True (e.g. those the unsteered model gets right)."""
+        idx = torch.nonzero(torch.as_tensor(keep)).flatten().tolist()
+        if not idx:
+            raise ValueError("the subset is empty")
+        return MultipleChoice(tuple(self.prompts[i] for i in idx), self.options[idx], self.answer[idx])
+
+
+def fact_choices(tokenizer, attribute: str = "capital", n_options: int = 4, seed: int = 0) -> MultipleChoice:
+    """Four-way questions on world facts (``saebench.COUNTRY_FACTS``) in the two-shot prompts of chapter 6b.
+
+    "… The capital of France is" with options " Paris" (right) and three other countries' capitals whose first tokens
+    differ from it and from each other, drawn with ``seed``. A small stand-in for MMLU, the paper's capability check.
+    """
+    from absae_lib.saebench import ATTRIBUTES, COUNTRY_FACTS, FACT_TEMPLATES
+
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
+    column = ATTRIBUTES.index(attribute) + 1
+    first = {}  # answer -> first token of " answer" (its first spelling)
+    for fact in COUNTRY_FACTS:
+        answer = fact[column].split("|")[0]
+        first[answer] = tokenizer(" " + answer, add_special_tokens=False)["input_ids"][0]
+    distinct = len(set(first.values()))
+    if not 2 <= n_options <= distinct:
+        raise ValueError(f"n_options must lie in 2..{distinct} for {attribute!r}, got {n_options}")
+    gen = torch.Generator().manual_seed(seed)
+    prompts, options, answers = [], [], []
+    for fact in COUNTRY_FACTS:
+        right = fact[column].split("|")[0]
+        others = [a for a in first if first[a] != first[right]]
+        picked, seen = [], {first[right]}
+        for j in torch.randperm(len(others), generator=gen).tolist():
+            if first[others[j]] not in seen:
+                picked.append(first[others[j]])
+                seen.add(first[others[j]])
+            if len(picked) == n_options - 1:
+                break
+        at = int(torch.randint(n_options, (1,), generator=gen))
+        picked.insert(at, first[right])
+        prompts.append(FACT_TEMPLATES[attribute].format(fact[0]))
+        options.append(picked)
+        answers.append(at)
+    return MultipleChoice(tuple(prompts), torch.tensor(options), torch.tensor(answers))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sweeping α
+
+
+@dataclass
+class AxisSweep:
+    """Scores of steering hooks over an α grid (α = 0 is the unsteered model; NaN where a cost was not measured)."""
+
+    alphas: list[float]
+    shift: dict[str, list[float]]  # judged shift of the word-list margin (nats), per method and α
+    perplexity: dict[str, list[float]]  # on the held-out texts
+    accuracy: dict[str, list[float]]  # multiple-choice accuracy (empty without questions)
+    clean_margin: float  # the unsteered margin, mean over the judge's prompts
+    base_perplexity: float
+    base_accuracy: float | None
+
+    def within_budget(self, method: str, budget: float) -> dict[str, float]:
+        """The largest judged shift each way among the α whose perplexity is at most ``budget`` × the unsteered one."""
+        ok = [s for s, p in zip(self.shift[method], self.perplexity[method]) if p <= budget * self.base_perplexity]
+        if not ok:  # α = 0 always qualifies for a budget ≥ 1
+            raise ValueError(f"no α keeps the perplexity within {budget}× the unsteered one; use a budget ≥ 1")
+        return {"towards positive": max(ok), "towards negative": min(ok)}
+
+    def moves_both_ways(self, method: str) -> bool:
+        return max(self.shift[method]) > 0 > min(self.shift[method])
+
+
+def sweep_axis(
+    hooks: Mapping[str, Callable[[float], HookFn]], alphas: Sequence[float], judge: CachedPrefix, tokenizer,
+    positive_words: Sequence[str], negative_words: Sequence[str], texts: CachedPrefix,
+    choices: MultipleChoice | None = None, choice_prefix: CachedPrefix | None = None,
+    cost_alphas: Mapping[str, Sequence[float]] | None = None, progress: bool = False,
+) -> AxisSweep:
+    """Every method at every α: the judged shift, and the costs (perplexity, multiple-choice accuracy).
+
+    Args:
+        hooks: {method: α -> hook}, α > 0 towards the positive pole (e.g. ``lambda a: axis_hook(sae, poles, a, n)``).
+        alphas: the grid; must contain 0 (the unsteered reference).
+        judge: the judge's prompts; the shift is the change of ``logprob_margin`` (positive − negative words).
+        texts: held-out texts for perplexity.
+        choices, choice_prefix: questions and their ``CachedPrefix`` (both or neither) for the accuracy cost.
+        cost_alphas: {method: the α at which to measure the costs}; default every α (the costs are the slow part).
+    """
+    alphas = [float(a) for a in alphas]
+    if 0.0 not in alphas:
+        raise ValueError(f"alphas must contain 0 (the unsteered reference), got {alphas}")
+    if (choices is None) != (choice_prefix is None):
+        raise ValueError("give both choices and choice_prefix, or neither")
+    if choices is not None and len(choice_prefix) != len(choices):
+        raise ValueError(f"choice_prefix has {len(choice_prefix)} texts for {len(choices)} questions")
+
+    def margin(hook=None) -> Tensor:
+        return logprob_margin(judge.next_token_logprobs(hook), tokenizer, positive_words, negative_words)
+
+    clean = margin()
+    base_ppl = texts.perplexity()
+    base_acc = choices.accuracy(choice_prefix.next_token_logprobs()) if choices is not None else None
+    shift, ppl, acc = {}, {}, {}
+    for method in tqdm(hooks, desc="sweep", disable=not progress):
+        measured = set(alphas if cost_alphas is None or method not in cost_alphas else cost_alphas[method]) | {0.0}
+        shift[method], ppl[method], acc[method] = [], [], []
+        for a in alphas:
+            hook = hooks[method](a) if a != 0 else None
+            shift[method].append(0.0 if hook is None else (margin(hook) - clean).mean().item())
+            cost = a in measured
+            ppl[method].append(base_ppl if hook is None else texts.perplexity(hook) if cost else float("nan"))
+            if choices is not None:
+                acc[method].append(base_acc if hook is None else choices.accuracy(choice_prefix.next_token_logprobs(hook))
+                                   if cost else float("nan"))
+    if choices is None:
+        acc = {}
+    return AxisSweep(alphas, shift, ppl, acc, clean.mean().item(), base_ppl, base_acc)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Sentiment steering (written for the book): neutral sentence openings whose next word is naturally an evaluation,
 # and the evaluations a positive or a negative push should make more likely. Each word counts by its first token.
 
@@ -569,6 +730,27 @@ POSITIVE_WORDS: tuple[str, ...] = (
 )
 NEGATIVE_WORDS: tuple[str, ...] = (
     " bad", " terrible", " awful", " horrible", " boring", " disappointing", " sad", " poor", " ugly", " disgusting",
+)
+
+
+# Gender steering (written for the book): openings whose next word is naturally a person or a pronoun, and the
+# words a push towards "female" or "male" should make more likely. The male/female labels come from
+# ``concepts.gender_dataset`` (male = 0, female = 1), so α > 0 steers towards the female words.
+
+GENDER_PROMPTS: tuple[str, ...] = (
+    "After the meeting, the manager said that", "When the doctor arrived at the house,", "My neighbour told me that",
+    "The new engineer explained that", "Before the flight, the pilot checked that", "Yesterday the scientist announced that",
+    "When the nurse came into the room,", "The lawyer smiled because", "The writer finished the book because",
+    "As soon as the student sat down,", "The chef tasted the soup and said that", "The driver stopped the car because",
+    "At the party, the host told everyone that", "The teacher was happy because", "The author of the letter wrote that",
+    "On Sunday morning, the farmer",
+)
+
+FEMALE_WORDS: tuple[str, ...] = (
+    " she", " her", " herself", " woman", " girl", " mother", " wife", " sister", " daughter", " lady",
+)
+MALE_WORDS: tuple[str, ...] = (
+    " he", " his", " himself", " man", " boy", " father", " husband", " brother", " son", " gentleman",
 )
 
 

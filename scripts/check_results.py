@@ -95,6 +95,10 @@ CHECKS: dict[str, list[Check]] = {
         ("RAVEL: cause and isolation are fractions", lambda r: all(
             0 <= s[key] <= 1 for t in r["ravel"].values() for by_n in t["methods"].values() for s in by_n.values()
             for key in ("cause", "isolation", "score"))),
+        ("unlearning: scored for every SAE in [0, 1], or skipped with the reason", lambda r:
+         (r["unlearning"]["skipped"] is None and len(r["unlearning"]["scores"]) == 5
+          and all(0 <= v <= 1 for v in r["unlearning"]["scores"].values()))
+         or (len(r["unlearning"]["skipped"]) > 20 and r["unlearning"]["scores"] == {})),
     ],
     "07_steering": [
         ("DiM steering moves the sentiment judge with the sign of α", lambda r: all(
@@ -114,6 +118,16 @@ CHECKS: dict[str, list[Check]] = {
          "harmful, unsteered" in r["refusal_rate"] and all(0 <= v <= 1 for v in r["refusal_rate"].values())),
         ("generations scored by VADER in [-1, 1]", lambda r: len(r["vader"]) == 7
          and all(-1 <= v <= 1 for v in r["vader"].values())),
+        ("gender axis: a small DiM push moves the judge with the sign of α", lambda r: all(
+            (s > 0) if a > 0 else (s < 0) for a, s in zip(r["alphas"], r["gender"]["logprob_shift"]["dim"])
+            if 0 < abs(a) <= 0.2)),
+        ("gender axis: AbsTopK's one latent serves both poles and moves the judge both ways", lambda r:
+         r["gender"]["latents"]["abstopk"]["positive"][0] == r["gender"]["latents"]["abstopk"]["negative"][0]
+         and r["gender"]["moves_both_ways"]["abstopk-add"]),
+        ("fact questions: the unsteered model answers every kept one; accuracies are fractions", lambda r:
+         0 < r["n_fact_questions"] <= r["n_fact_questions_asked"] and all(
+             acc[r["alphas"].index(0.0)] == 1.0 and all(0 <= a <= 1 for a in acc)
+             for axis in (r, r["gender"]) for acc in axis["fact_accuracy"].values())),
     ],
     "08_summary": [
         ("every chapter recorded its numbers before the summary", lambda r: r["missing_chapters"] == []),

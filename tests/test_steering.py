@@ -318,3 +318,91 @@ def test_axis_hook_add_and_clamp():
     torch.testing.assert_close(code, torch.full((2, 5), -5.0 / row.norm().item()), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="mode"):
         axis_hook(sae, poles, 1.0, 1.0, mode="scale")
+
+
+# --- multiple-choice facts, the gender axis, and sweeps -------------------------------------------------------------
+
+
+def test_fact_choices_are_four_distinct_first_tokens_with_the_answer_among_them(tiny):
+    from absae_lib.saebench import COUNTRY_FACTS
+
+    first = lambda word: tiny.tokenizer(" " + word, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    mc = steering.fact_choices(tiny.tokenizer, "capital", n_options=4, seed=0)
+    assert len(mc) == len(COUNTRY_FACTS) and mc.options.shape == (len(COUNTRY_FACTS), 4)
+    for (country, capital, *_), prompt, options, answer in zip(COUNTRY_FACTS, mc.prompts, mc.options, mc.answer):
+        assert prompt.endswith(f"The capital of {country} is")
+        assert len(set(options.tolist())) == 4
+        assert options[answer] == first(capital.split("|")[0])
+    # the right answer's place is drawn, not always the same
+    assert len(set(mc.answer.tolist())) > 1
+    again = steering.fact_choices(tiny.tokenizer, "capital", n_options=4, seed=0)
+    assert torch.equal(again.options, mc.options) and torch.equal(again.answer, mc.answer)
+    assert not torch.equal(steering.fact_choices(tiny.tokenizer, "capital", seed=1).options, mc.options)
+    with pytest.raises(ValueError, match="n_options"):
+        steering.fact_choices(tiny.tokenizer, "continent", n_options=9)  # six continents
+    with pytest.raises(ValueError, match="attribute"):
+        steering.fact_choices(tiny.tokenizer, "currency")
+
+
+def test_multiple_choice_accuracy_and_subset():
+    mc = steering.MultipleChoice(("a", "b", "c"), torch.tensor([[1, 2], [3, 4], [5, 6]]), torch.tensor([0, 1, 1]))
+    logprobs = torch.zeros(3, 8)
+    logprobs[0, 1], logprobs[1, 3], logprobs[2, 6] = 1.0, 1.0, 1.0  # right, wrong, right
+    assert mc.correct(logprobs).tolist() == [True, False, True]
+    assert mc.accuracy(logprobs) == pytest.approx(2 / 3)
+    kept = mc.subset(mc.correct(logprobs))
+    assert kept.prompts == ("a", "c") and kept.answer.tolist() == [0, 1] and kept.accuracy(logprobs[[0, 2]]) == 1.0
+    with pytest.raises(ValueError, match="rows"):
+        mc.accuracy(logprobs[:2])
+    with pytest.raises(ValueError, match="options"):
+        steering.MultipleChoice(("a",), torch.tensor([1, 2]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="empty"):
+        mc.subset(torch.zeros(3, dtype=torch.bool))
+
+
+def test_gender_words_are_distinct_single_tokens(tiny):
+    ids = lambda words: [tiny.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]  # noqa: E731
+    female, male = ids(steering.FEMALE_WORDS), ids(steering.MALE_WORDS)
+    assert all(len(t) == 1 for t in female + male)
+    assert len({t[0] for t in female + male}) == len(female) + len(male)
+    assert len(steering.GENDER_PROMPTS) == len(set(steering.GENDER_PROMPTS)) >= 12
+
+
+def test_sweep_axis_matches_direct_scores(tiny):
+    torch.manual_seed(0)
+    direction = torch.randn(32)
+    judge = CachedPrefix(tiny, list(SENTIMENT_PROMPTS[:4]), HOOK)
+    texts = CachedPrefix(tiny, ["The cat sat on the mat and looked out of the window.", PROMPTS[2]], HOOK)
+    mc = steering.fact_choices(tiny.tokenizer, "capital")
+    mc = steering.MultipleChoice(mc.prompts[:6], mc.options[:6], mc.answer[:6])
+    choice_prefix = CachedPrefix(tiny, list(mc.prompts), HOOK)
+    hooks = {"dir": lambda a: steering_hook(direction, a), "flip": lambda a: steering_hook(-direction, a)}
+    alphas = [-2.0, 0.0, 2.0]
+    sweep = steering.sweep_axis(hooks, alphas, judge, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS, texts,
+                                mc, choice_prefix, cost_alphas={"flip": [2.0]})
+    clean = logprob_margin(judge.next_token_logprobs(), tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS)
+    for a, s in zip(alphas, sweep.shift["dir"]):
+        hooked = logprob_margin(judge.next_token_logprobs(steering_hook(direction, a)), tiny.tokenizer,
+                                POSITIVE_WORDS, NEGATIVE_WORDS)
+        assert s == pytest.approx((hooked - clean).mean().item(), abs=1e-5)
+    # pushing along −d with α is pushing along d with −α
+    assert sweep.shift["flip"] == pytest.approx(sweep.shift["dir"][::-1], abs=1e-5)
+    assert sweep.perplexity["dir"][1] == sweep.base_perplexity == pytest.approx(texts.perplexity())
+    assert sweep.perplexity["dir"][2] == pytest.approx(texts.perplexity(steering_hook(direction, 2.0)))
+    assert math.isnan(sweep.perplexity["flip"][0]) and not math.isnan(sweep.perplexity["flip"][2])
+    assert sweep.accuracy["dir"][0] == pytest.approx(
+        mc.accuracy(choice_prefix.next_token_logprobs(steering_hook(direction, -2.0))))
+    assert sweep.base_accuracy == pytest.approx(mc.accuracy(choice_prefix.next_token_logprobs()))
+    assert sweep.clean_margin == pytest.approx(clean.mean().item())
+    best = sweep.within_budget("dir", budget=float("inf"))
+    assert best == {"towards positive": max(sweep.shift["dir"]), "towards negative": min(sweep.shift["dir"])}
+    # a budget below the unsteered perplexity admits nothing
+    with pytest.raises(ValueError, match="budget"):
+        sweep.within_budget("dir", budget=0.5)
+    assert sweep.moves_both_ways("dir") == (max(sweep.shift["dir"]) > 0 > min(sweep.shift["dir"]))
+    no_choices = steering.sweep_axis(hooks, [0.0, 1.0], judge, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS, texts)
+    assert no_choices.accuracy == {} and no_choices.base_accuracy is None
+    with pytest.raises(ValueError, match="contain 0"):
+        steering.sweep_axis(hooks, [1.0], judge, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS, texts)
+    with pytest.raises(ValueError, match="both"):
+        steering.sweep_axis(hooks, [0.0], judge, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS, texts, choices=mc)
