@@ -139,6 +139,11 @@ def run_unlearning(
 
     ``config`` overrides fields of SAEBench's ``UnlearningEvalConfig`` (e.g. ``n_features_list``, ``multipliers``).
     Call ``unavailable_reason`` first; this raises with that reason if the eval cannot run.
+
+    SAEBench loads the model itself with ``HookedTransformer.from_pretrained_no_processing``, while absae trains on
+    ``from_pretrained(fold_ln=True)``. For RMSNorm models (Gemma, Llama, SmolLM2) the two have the same residual
+    stream, so the SAEs transfer; for LayerNorm models (GPT-2) TransformerLens's centring changes it, and the SAEs
+    would read shifted activations (SAEBench only runs instruction-tuned models, Gemma-2-2B-it by default).
     """
     reason = unavailable_reason(model_name, forget_corpus, device)
     if reason is not None:
