@@ -11,7 +11,7 @@ NOTEBOOKS := $(notdir $(sort $(wildcard notebooks/[0-9]*.ipynb)))
 .PHONY: setup main compare notebooks book smoke nbmake check-book test bench clean-book
 
 # --- set-up ---------------------------------------------------------------------------------------------------------
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml Makefile  # the install steps below are part of it
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: here `torch==2.13.0` is a local CPU wheel; a bare `torch` would pull GBs of CUDA wheels.
