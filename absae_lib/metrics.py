@@ -8,6 +8,9 @@ of ``seq_len`` tokens.
     explained_variance = 1 − fvu
     l0            mean number of non-zero codes per token
     loss_recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)    the paper's (H* − H₀)/(H_orig − H₀)
+    nmse_per_token  mean over tokens of ‖x − x̂‖² / ‖x‖²  (every token weighs the same; see typical_mask too)
+
+Intervals over sequences, mean ± std over seeds and verdicts live in absae_lib.intervals (re-exported here).
 
 Every sum is over all tokens at once (a ratio of sums, not a mean of per-token ratios), accumulated in float64 so that
 streaming over batches gives the same number as one big batch.
@@ -25,6 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from absae_lib.intervals import (  # noqa: F401  the noise tools, importable from here beside the metrics they judge
+    bootstrap_ci,
+    compare,
+    loss_intervals,
+    mean_std,
+    paired_difference_ci,
+    summarize_seeds,
+)
 from absae_lib.sae import SAE
 
 if TYPE_CHECKING:  # TransformerLens is slow to import; only spliced_loss needs it, and it imports it lazily
@@ -75,6 +86,33 @@ def fvu(x: Tensor, recon: Tensor) -> float:
     _check_pair(x, recon)
     x, recon = x.double().reshape(-1, x.shape[-1]), recon.double().reshape(-1, x.shape[-1])
     return _ratio((x - recon).pow(2).sum().item(), (x - x.mean(0)).pow(2).sum().item())
+
+
+def nmse_per_token(x: Tensor, recon: Tensor) -> float:
+    """Mean over tokens of ‖x_t − x̂_t‖² / ‖x_t‖².  x, recon [n, d_in] (any leading dims) -> float.
+
+    Every token weighs the same, however large its norm (``nmse`` is dominated by the few massive tokens); rows with
+    ‖x_t‖ = 0 have no ratio and are left out (nan if every row is zero).
+    """
+    _check_pair(x, recon)
+    x, recon = x.double().reshape(-1, x.shape[-1]), recon.double().reshape(-1, x.shape[-1])
+    norm = x.pow(2).sum(-1)
+    keep = norm > 0
+    return _ratio(((x - recon).pow(2).sum(-1)[keep] / norm[keep]).sum().item(), keep.sum().item())
+
+
+def typical_mask(x: Tensor, factor: float = 10.0) -> Tensor:
+    """[n] bool: the tokens whose norm is at most ``factor`` × the median token norm.  x [n, d_in] -> [n].
+
+    The rest are the "massive" activations (attention sinks and their like, Sun et al. 2024): a handful of tokens
+    that carry most of Σ‖x‖² and so dominate the all-token ``nmse``.  ``nmse(x[m], recon[m])`` is the typical-token NMSE.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty [n, d_in] tensor, got {tuple(x.shape) if isinstance(x, Tensor) else x}")
+    if factor <= 0:
+        raise ValueError(f"factor must be > 0 (a multiple of the median norm), got {factor}")
+    norms = x.float().norm(dim=-1)
+    return norms <= factor * norms.median()
 
 
 def explained_variance(x: Tensor, recon: Tensor) -> float:
@@ -213,7 +251,8 @@ def evaluate_reconstruction(
     The SAE is evaluated in eval mode (BatchTopK then uses its inference threshold) and its mode is restored after.
 
     Returns a dict of floats: nmse, fvu, explained_variance, l0, mean_abs_code, dead_fraction, dense_fraction
-    (latents firing on > ``dense_threshold`` of tokens), fraction_negative, n_tokens; plus feature_density [d_sae]
+    (latents firing on > ``dense_threshold`` of tokens), fraction_negative, nmse_per_token (the mean over tokens of
+    ‖x − x̂‖²/‖x‖², zero rows left out), n_tokens; plus feature_density [d_sae]
     (a float64 CPU tensor) when ``return_density``.  Each equals the function of the same name on all rows at once.
     """
     if activations.ndim != 2 or activations.shape[0] == 0:
@@ -239,6 +278,8 @@ def evaluate_reconstruction(
     fires = torch.zeros(sae.cfg.d_sae, device=device, dtype=torch.int64)  # tokens on which each latent fired
     n_negative = torch.zeros((), device=device, dtype=torch.int64)
     abs_sum = torch.zeros((), **f64)
+    per_token_sum = torch.zeros((), **f64)  # Σ_t ‖x_t − x̂_t‖² / ‖x_t‖² over tokens with ‖x_t‖ > 0
+    n_nonzero = torch.zeros((), device=device, dtype=torch.int64)
     n = 0
 
     was_training = sae.training
@@ -250,8 +291,13 @@ def evaluate_reconstruction(
                 x = _batch(activations, start, start + batch_size, device)
                 out = sae(x)
                 x64 = x.double()
-                sq_err += (x64 - out.recon.double()).pow(2).sum()
-                sq_norm += x64.pow(2).sum()
+                row_err = (x64 - out.recon.double()).pow(2).sum(-1)  # [b]
+                row_norm = x64.pow(2).sum(-1)
+                sq_err += row_err.sum()
+                sq_norm += row_norm.sum()
+                nonzero = row_norm > 0
+                per_token_sum += (row_err[nonzero] / row_norm[nonzero]).sum()
+                n_nonzero += nonzero.sum()
                 n_b = x64.shape[0]
                 mean_b = x64.mean(0)
                 delta = mean_b - mean
@@ -277,6 +323,7 @@ def evaluate_reconstruction(
         "dead_fraction": (density == 0).double().mean().item(),
         "dense_fraction": (density > dense_threshold).double().mean().item(),
         "fraction_negative": _ratio(n_negative.item(), n_active),
+        "nmse_per_token": _ratio(per_token_sum.item(), n_nonzero.item()),
         "n_tokens": n,
     }
     if return_density:
@@ -327,6 +374,11 @@ def _nll_sum(log_probs: Tensor, targets: Tensor) -> Tensor:
     return -log_probs.gather(-1, targets[..., None]).sum(dtype=torch.float64)
 
 
+def _nll_per_sequence(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """Σ over positions of −log p(target), per sequence.  [b, pos, d_vocab], [b, pos] -> [b] float64 on the CPU."""
+    return -log_probs.gather(-1, targets[..., None])[..., 0].sum(-1, dtype=torch.float64).cpu()
+
+
 def spliced_loss(
     model: "HookedTransformer",
     sae: SAE,
@@ -335,6 +387,7 @@ def spliced_loss(
     batch_size: int = 8,
     *,
     progress: bool = True,
+    per_sequence: bool = False,
 ) -> dict:
     """Next-token cross-entropy of ``model`` on ``tokens`` [n_seq, seq_len]: clean, with the SAE's reconstruction
     replacing the activation at ``hook_name``, and with that activation zero-ablated.
@@ -352,6 +405,9 @@ def spliced_loss(
     loss_recovered = (ce_zero − ce_spliced) / (ce_zero − ce_clean) (1: as good as the model, 0: as bad as zeroing;
     nan when zero-ablating changes nothing); delta_loss = ce_spliced − ce_clean; kl = mean over predicted positions
     of KL(p_clean ‖ p_spliced) of the next-token distributions (nats); n_tokens = number of predicted positions.
+    With ``per_sequence``, also "per_sequence": a dict of float64 numpy arrays [n_seq], the sums over each
+    sequence's predicted positions of clean, spliced and zero NLL and of KL, and its "n_tokens": what
+    :func:`bootstrap_ci` and :func:`loss_intervals` resample.
     """
     from absae_lib.models import validate_hook
 
@@ -384,6 +440,7 @@ def spliced_loss(
     model_device = model.W_U.device
     names = ("clean", "spliced", "zero", "kl")
     sums = {name: torch.zeros((), dtype=torch.float64, device=model_device) for name in names}  # Σ over tokens
+    rows: dict[str, list[Tensor]] = {name: [] for name in names}  # per-sequence sums [b] (per_sequence only)
     n_predicted = 0
 
     was_training = sae.training
@@ -402,14 +459,21 @@ def spliced_loss(
                 # KL(clean ‖ spliced) per position [b, seq_len − 1]; kl_div takes (log q, log p).
                 kl_per_position = F.kl_div(spliced, clean, log_target=True, reduction="none").sum(-1)
                 sums["kl"] += kl_per_position.sum(dtype=torch.float64)
+                if per_sequence:
+                    rows["clean"].append(_nll_per_sequence(clean, targets))
+                    rows["spliced"].append(_nll_per_sequence(spliced, targets))
+                    rows["kl"].append(kl_per_position.sum(-1, dtype=torch.float64).cpu())
                 del spliced
-                sums["zero"] += _nll_sum(_next_token_log_probs(run([(hook_name, zero)])), targets)
+                zeroed = _next_token_log_probs(run([(hook_name, zero)]))
+                sums["zero"] += _nll_sum(zeroed, targets)
+                if per_sequence:
+                    rows["zero"].append(_nll_per_sequence(zeroed, targets))
                 n_predicted += targets.numel()
     finally:
         sae.train(was_training)
 
     ce_clean, ce_spliced, ce_zero, kl = (sums[name].item() / n_predicted for name in names)
-    return {
+    result = {
         "ce_clean": ce_clean,
         "ce_spliced": ce_spliced,
         "ce_zero": ce_zero,
@@ -418,3 +482,7 @@ def spliced_loss(
         "kl": kl,
         "n_tokens": n_predicted,
     }
+    if per_sequence:
+        result["per_sequence"] = {name: torch.cat(rows[name]).numpy() for name in names}
+        result["per_sequence"]["n_tokens"] = np.full(tokens.shape[0], tokens.shape[1] - 1, dtype=np.float64)
+    return result

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 from transformer_lens.weight_processing import ProcessWeights
 
-from absae_lib.device import default_device
+from absae_lib import atomic
+from absae_lib.device import check_device
 from absae_lib.paths import cache_dir
 
 EMBEDDED_MODEL = "smollm2-135m"
@@ -107,20 +107,22 @@ def embedded_model_folder() -> Path:
         return folder
 
     gguf = find_gguf()
-    print(f"Converting {gguf.name} to an fp32 Hugging Face folder (once; ~15-30 s) -> {folder}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_CACHE_NAME}.tmp-", dir=parent))
-    try:
-        _convert_gguf(gguf, tmp)
-        if folder.exists() and not _cache_is_complete(folder):
-            shutil.rmtree(folder)  # a stale, incomplete folder (e.g. made by hand): replace it
+    # One conversion at a time; a second process waits, then finds the folder made. Under the lock, any
+    # .smollm2-135m-instruct.tmp-* folder is what a killed conversion left behind (the kernel released its lock).
+    with atomic.file_lock(folder, what=f"the converted model {folder}"):
+        if _cache_is_complete(folder):
+            return folder
+        atomic.remove_stale_temps(parent, _CACHE_NAME)
+        print(f"Converting {gguf.name} to an fp32 Hugging Face folder (once; ~15-30 s) -> {folder}")
+        tmp = atomic.temp_folder(folder)
         try:
-            tmp.rename(folder)
-        except OSError:
-            # Another process finished the same conversion first; keep theirs.
-            if not _cache_is_complete(folder):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _convert_gguf(gguf, tmp)
+            if not _cache_is_complete(tmp):
+                raise RuntimeError(f"The conversion of {gguf} into {tmp} did not write config.json and model.safetensors.")
+            # a stale, incomplete folder (e.g. made by hand) is replaced
+            atomic.publish_folder(tmp, folder, replace=folder.exists())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -272,7 +274,7 @@ def load_model(name: str = EMBEDDED_MODEL, device=None, dtype=None, n_ctx: int =
         model with ``model(tokens)`` mapping tokens [batch, pos] -> logits [batch, pos, d_vocab]; residual hooks
         such as ``blocks.15.hook_resid_post`` carry [batch, pos, d_model].
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(device)  # before any loading: a missing GPU is said at once, not after the model loads
     dtype = _resolve_dtype(dtype)
     if name.lower() in _EMBEDDED_NAMES:
         return _load_embedded(device, dtype, n_ctx)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from absae_lib import atomic
 from absae_lib.activations import ActivationStore, get_activations
 from absae_lib.book import Settings
 from absae_lib.paths import cache_dir
@@ -118,12 +119,20 @@ def sae_with_history(s: Settings, architecture: str, k: int | None = None, **ove
     folder = sae_folder(s, config)
     history_path = folder / "history.json"
     if history_path.exists() and (folder / "cfg.json").exists():
-        return SAE.load(folder, device=s.device), json.loads(history_path.read_text())
-    checkpoint = folder / "checkpoint"
-    config = replace(config, checkpoint_dir=str(checkpoint), checkpoint_every=50)
-    metadata = {"model_name": s.model_name, "hook_name": s.hook_name, "corpus": s.corpus, "layer": s.layer}
-    trained, history = train_sae(train_activations(s), config, metadata=metadata)
-    trained.save(folder)
-    history_path.write_text(json.dumps(history))  # written last: its presence marks a finished SAE
-    shutil.rmtree(checkpoint, ignore_errors=True)
+        return SAE.load(folder, device=s.device), _read_history(history_path)
+    # One process trains a given SAE; another one asking for it meanwhile waits, then loads it.
+    with atomic.file_lock(folder / "train", what=f"the SAE {folder}"):
+        if history_path.exists() and (folder / "cfg.json").exists():
+            return SAE.load(folder, device=s.device), _read_history(history_path)
+        checkpoint = folder / "checkpoint"
+        config = replace(config, checkpoint_dir=str(checkpoint), checkpoint_every=50)
+        metadata = {"model_name": s.model_name, "hook_name": s.hook_name, "corpus": s.corpus, "layer": s.layer}
+        trained, history = train_sae(train_activations(s), config, metadata=metadata)
+        trained.save(folder, overwrite=True)  # no history.json: whatever SAE is there is from an unfinished run
+        atomic.write_json(history_path, history)  # written last: its presence marks a finished SAE
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return trained, history
+
+
+def _read_history(path) -> list[dict]:
+    return atomic.read_json(path, "training history", f"delete the folder {path.parent} to train that SAE again")

@@ -121,7 +121,9 @@ def _logistic_regression(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     probe.fit(X_train, y_train)
-    return {"accuracy": float(probe.score(X_test, y_test)), "train_accuracy": float(probe.score(X_train, y_train))}
+    correct = probe.predict(X_test) == y_test
+    return {"accuracy": float(correct.mean()), "train_accuracy": float(probe.score(X_train, y_train)),
+            "correct": correct}
 
 
 def _numpy(x: Tensor) -> np.ndarray:
@@ -142,8 +144,8 @@ def sparse_probe(
         C: inverse L2 strength of the logistic regression (on standardised latents).
 
     Returns:
-        {"k", "accuracy" (test), "train_accuracy", "latents" (list of ids, best first), "mean_diff" (their signed
-        mean differences)}.
+        {"k", "accuracy" (test), "train_accuracy", "correct" (bool [n_test] per test row), "latents" (list of
+        ids, best first), "mean_diff" (their signed mean differences)}.
     """
     codes_train, codes_test = _check_codes(codes_train, "codes_train"), _check_codes(codes_test, "codes_test")
     if codes_test.shape[1] != codes_train.shape[1]:
@@ -215,7 +217,7 @@ def single_latent_accuracy(
 
     Returns:
         {"latent", "threshold", "direction" (+1: predict label 1 above the threshold), "train_accuracy",
-        "accuracy" (test)}.
+        "accuracy" (test), "correct" (bool [n_test] per test row)}.
     """
     codes_train, codes_test = _check_codes(codes_train, "codes_train"), _check_codes(codes_test, "codes_test")
     y_train = _binary_labels(y_train, len(codes_train), "y_train").to(codes_train.device)
@@ -231,16 +233,17 @@ def single_latent_accuracy(
     y_test = torch.as_tensor(y_test).long().to(codes_test.device)
     values = codes_test[:, latent]
     predicted = values > threshold if direction > 0 else values <= threshold
-    accuracy = (predicted.long() == y_test).float().mean().item()
+    correct = (predicted.long() == y_test).cpu().numpy()
     return {"latent": latent, "threshold": threshold, "direction": direction, "train_accuracy": train_acc,
-            "accuracy": accuracy}
+            "accuracy": float(correct.mean()), "correct": correct}
 
 
 def dense_probe(acts_train: Tensor, y_train: Tensor, acts_test: Tensor, y_test: Tensor, C: float = 1.0,
                 max_iter: int = 2000) -> dict[str, float]:
     """Logistic regression on the raw activations: what any linear read-out of this layer reaches (the ceiling).
 
-    acts_train [n_train, d], acts_test [n_test, d], labels class ids. Returns {"accuracy", "train_accuracy"}.
+    acts_train [n_train, d], acts_test [n_test, d], labels class ids.
+    Returns {"accuracy", "train_accuracy", "correct" (bool [n_test])}.
     """
     if acts_train.dim() != 2 or acts_test.dim() != 2:
         raise ValueError(f"acts must be 2-D [n, d], got {tuple(acts_train.shape)} and {tuple(acts_test.shape)}")
@@ -460,38 +463,57 @@ def nonneg_view_check(
 
 def probe_task(
     saes: dict[str, Any], acts_train: Tensor, y_train: Tensor, acts_test: Tensor, y_test: Tensor,
-    ks: tuple[int, ...] = PROBE_KS, batch_size: int = 4096,
+    ks: tuple[int, ...] = PROBE_KS, batch_size: int = 4096, n_boot: int = 2000, n_shuffles: int = 5, seed: int = 0,
 ) -> dict[str, Any]:
     """Every probe of chapter 6 on one binary task: baselines on the raw activations, then each SAE's latents.
 
     Selection, thresholds, probe weights and the DiM direction all come from the train split; the test split is only
-    scored.
+    scored. Comparisons are made like for like: one latent against the one DiM direction (both a threshold on one
+    number), the largest-k sparse probe against the dense probe (both logistic regressions), each with a paired
+    bootstrap interval over the test examples (:mod:`absae_lib.accuracy_stats`) and a shuffled-label null.
 
     Args:
         saes: {name: SAE}; signed SAEs (``cfg.signed``) have their latents ranked with both poles counted.
         acts_train: [n_train, d] activations at the label tokens; y_train: [n_train] 0/1.
         acts_test: [n_test, d]; y_test: [n_test] 0/1.
         ks: the k of the k-sparse probes (k > d_sae is skipped).
+        n_boot: bootstrap resamples of the test examples; n_shuffles: label shuffles for the null.
 
     Returns:
         {"n_train", "n_test",
          "dim_accuracy": DiM projection accuracy (test), "dense_accuracy" / "dense_train_accuracy": logistic
-         regression on the activations,
-         "variants": {name: {"sparse": {k: test acc}, "sparse_train": {k: train acc}, "latents": the max-k
-                             selection (best first), "mean_diff": their signed mean code differences,
-                             "single": :func:`single_latent_accuracy`'s dict plus "dim_cosine" (its decoder row vs
-                             DiM), "dim": :func:`absae_lib.dim.dim_alignment`,
-                             "nmse": reconstruction error of the test activations (‖x − x̂‖² / ‖x − x̄‖²)}}}
+         regression on the activations, "dim_correct" / "dense_correct": bool [n_test],
+         "intervals": {"dim", "dense": bootstrap_interval dicts}, "null": {"dim", "dense": shuffled_null dicts},
+         "variants": {name: {"sparse": {k: test acc}, "sparse_train": {k: train acc}, "sparse_correct": {k: bool
+                             [n_test]}, "latents": the max-k selection (best first), "mean_diff": their signed mean
+                             code differences, "single": :func:`single_latent_accuracy`'s dict plus "dim_cosine"
+                             (its decoder row vs DiM), "dim": :func:`absae_lib.dim.dim_alignment`,
+                             "nmse": reconstruction error of the test activations (‖x − x̂‖² / ‖x − x̄‖²),
+                             "intervals": {"single", "sparse_kmax"}, "null": {"single", "sparse_kmax"},
+                             "like_for_like": {"single_vs_dim", "sparse_kmax_vs_dense": paired_difference
+                             dicts, A = the SAE}}},
+         "k_max": the k of "sparse_kmax"}.
     """
-    from absae_lib.dim import diff_in_means, dim_alignment, dim_cosines, dim_projection_accuracy
+    from absae_lib.accuracy_stats import bootstrap_interval, paired_difference, shuffled_null
+    from absae_lib.dim import diff_in_means, dim_alignment, dim_cosines, dim_projection_correct
 
     y_train, y_test = torch.as_tensor(y_train).long(), torch.as_tensor(y_test).long()
     dense = dense_probe(acts_train, y_train, acts_test, y_test)
     direction = diff_in_means(acts_train, y_train)
+    dim_correct = dim_projection_correct(acts_train, y_train, acts_test, y_test).numpy()
+    boot = {"n_boot": n_boot, "seed": seed}
     out: dict[str, Any] = {
         "n_train": len(acts_train), "n_test": len(acts_test),
-        "dim_accuracy": dim_projection_accuracy(acts_train, y_train, acts_test, y_test),
-        "dense_accuracy": dense["accuracy"], "dense_train_accuracy": dense["train_accuracy"], "variants": {},
+        "dim_accuracy": float(dim_correct.mean()), "dim_correct": dim_correct,
+        "dense_accuracy": dense["accuracy"], "dense_train_accuracy": dense["train_accuracy"],
+        "dense_correct": dense["correct"],
+        "intervals": {"dim": bootstrap_interval(dim_correct, **boot), "dense": bootstrap_interval(dense["correct"], **boot)},
+        "null": {
+            "dim": shuffled_null(lambda a, b: dim_projection_correct(acts_train, a, acts_test, b).float().mean().item(),
+                                 y_train, y_test, n_shuffles, seed),
+            "dense": shuffled_null(lambda a, b: dense_probe(acts_train, a, acts_test, b)["accuracy"],
+                                   y_train, y_test, n_shuffles, seed)},
+        "variants": {},
     }
     centred = acts_test.float() - acts_test.float().mean(0)
     for name, sae in saes.items():
@@ -505,10 +527,25 @@ def probe_task(
             recon = torch.cat([sae.decode(cte[s:s + batch_size].to(device)).float().cpu()
                                for s in range(0, len(cte), batch_size)])
         nmse = ((acts_test.float() - recon).pow(2).sum() / centred.pow(2).sum()).item()
+        top = sweep[-1]
+        k_max = top["k"]
+        out["k_max"] = k_max
         out["variants"][name] = {
             "sparse": {r["k"]: r["accuracy"] for r in sweep},
             "sparse_train": {r["k"]: r["train_accuracy"] for r in sweep},
-            "latents": sweep[-1]["latents"] if sweep else [], "mean_diff": sweep[-1]["mean_diff"] if sweep else [],
+            "sparse_correct": {r["k"]: r["correct"] for r in sweep},
+            "latents": top["latents"], "mean_diff": top["mean_diff"],
             "single": single, "dim": dim_alignment(direction, sae.W_dec), "nmse": nmse,
+            "intervals": {"single": bootstrap_interval(single["correct"], **boot),
+                          "sparse_kmax": bootstrap_interval(top["correct"], **boot)},
+            "null": {
+                "single": shuffled_null(lambda a, b: single_latent_accuracy(ctr, a, cte, b)["accuracy"],
+                                        y_train, y_test, n_shuffles, seed),
+                "sparse_kmax": shuffled_null(lambda a, b: sparse_probe(ctr, a, cte, b, k_max, signed)["accuracy"],
+                                             y_train, y_test, n_shuffles, seed)},
+            "like_for_like": {
+                "single_vs_dim": paired_difference(single["correct"], dim_correct, names=(name, "DiM"), **boot),
+                "sparse_kmax_vs_dense": paired_difference(top["correct"], dense["correct"],
+                                                          names=(name, "dense probe"), **boot)},
         }
     return out

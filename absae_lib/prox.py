@@ -113,9 +113,13 @@ def abs_topk(v: Tensor, k: int) -> Tensor:
 
 
 def _batch_keep(v: Tensor, scores: Tensor, k: int) -> Tensor:
-    flat_v, flat_s = v.reshape(-1), scores.reshape(-1)
+    # topk ranks NaN above every number, so one NaN row would take the whole batch's budget and zero every other
+    # row. Rank NaN last instead; the NaN row's output stays NaN, so the bad input is not hidden either.
+    nan_rows = scores.isnan().any(-1, keepdim=True)  # [B, 1]
+    flat_v, flat_s = v.reshape(-1), scores.nan_to_num(nan=-torch.inf).reshape(-1)
     idx = flat_s.topk(k * v.shape[0], sorted=False).indices
-    return torch.zeros_like(flat_v).scatter(0, idx, flat_v[idx]).reshape(v.shape)
+    kept = torch.zeros_like(flat_v).scatter(0, idx, flat_v[idx]).reshape(v.shape)
+    return torch.where(nan_rows, torch.full_like(kept, torch.nan), kept)
 
 
 def batch_topk(v: Tensor, k: int) -> Tensor:

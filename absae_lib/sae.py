@@ -22,18 +22,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from absae_lib import prox
+from absae_lib import atomic, prox
 
 ARCHITECTURES = ("standard", "jumprelu", "topk", "batchtopk", "abstopk", "unrolled")
 K_SPARSE = ("topk", "batchtopk", "abstopk")
+# SAELens's names for an input normalisation applied inside the SAE: "constant_norm_rescale" scales every token to
+# norm √d_in before encoding and undoes that scale after decoding (sae_lens.saes.sae._setup_activation_normalization).
+NORMALIZATIONS = ("none", "constant_norm_rescale")
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 
@@ -53,6 +61,7 @@ class SAEConfig:
     unrolled_prox: str = "abstopk"  # "abstopk" or "topk"
     unrolled_tied: bool = True  # later steps use Dᵀ = W_decᵀ (True) or share W_enc (False, LISTA-style)
     dtype: str = "float32"
+    normalize_activations: str = "none"  # or "constant_norm_rescale": each token scaled to norm √d_in inside the SAE
     metadata: dict[str, Any] = field(default_factory=dict)  # model_name, hook_name, input_scale, training info
 
     def __post_init__(self) -> None:
@@ -73,6 +82,10 @@ class SAEConfig:
             raise ValueError(f"unrolled_solver must be 'ista' or 'fista', got {self.unrolled_solver!r}")
         if self.unrolled_prox not in ("abstopk", "topk"):
             raise ValueError(f"unrolled_prox must be 'abstopk' or 'topk', got {self.unrolled_prox!r}")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalize_activations must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize_activations!r}"
+            )
 
     @property
     def signed(self) -> bool:
@@ -80,20 +93,47 @@ class SAEConfig:
         return self.architecture == "abstopk" or (self.architecture == "unrolled" and self.unrolled_prox == "abstopk")
 
     def to_dict(self) -> dict[str, Any]:
-        """The SAELens-style cfg.json: its own keys plus ours (SAELens ignores unknown keys)."""
+        """The SAELens-style cfg.json: its own keys plus ours (SAELens ignores unknown keys).
+
+        A BatchTopK SAE is written the way SAELens saves one for inference: as a JumpReLU SAE whose threshold is the
+        global inference threshold in every latent (``architecture: "jumprelu"``); ``absae_architecture`` keeps
+        "batchtopk" so that absae reads it back as BatchTopK (k and the training-mode batch budget included).
+        """
         d = asdict(self)
-        d.update(apply_b_dec_to_input=True, normalize_activations="none", reshape_activations="none", device="cpu")
+        d.update(apply_b_dec_to_input=True, reshape_activations="none", device="cpu")
         if self.architecture == "topk" or self.architecture == "abstopk":
             d["rescale_acts_by_decoder_norm"] = False
+        if self.architecture == "batchtopk":
+            d.update(architecture="jumprelu", absae_architecture="batchtopk")
         d["metadata"] = dict(self.metadata, absae=True)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"an SAE config must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         kwargs = {key: value for key, value in d.items() if key in names}
-        kwargs["metadata"] = {key: value for key, value in d.get("metadata", {}).items() if key != "absae"}
+        if "absae_architecture" in d:  # a BatchTopK SAE saved as SAELens's JumpReLU (see to_dict)
+            kwargs["architecture"] = d["absae_architecture"]
+        # A cfg.json is user-editable: say what is wrong with it rather than fail inside the dataclass.
+        missing = [name for name in ("d_in", "d_sae") if name not in d]
+        if missing:
+            raise ValueError(f"the config lacks {', '.join(missing)} (every saved SAE has d_in and d_sae)")
+        metadata = d.get("metadata") or {}  # SAELens writes null for "no metadata"
+        if not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a JSON object, got {type(metadata).__name__}")
+        kwargs["metadata"] = {key: value for key, value in metadata.items() if key != "absae"}
         return cls(**kwargs)
+
+
+def token_norm_coefficient(x: Tensor) -> Tensor:
+    """SAELens's ``x_norm_coeff`` √d_in / ‖x‖ of every token.  x [..., d_in] -> [..., 1].
+
+    ``x * coeff`` has norm √d_in per token (constant_norm_rescale).  A zero token gets a huge finite factor instead of
+    SAELens's inf, so it maps to 0 rather than NaN; every other token gets exactly SAELens's number.
+    """
+    return (x.shape[-1] ** 0.5) / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 class SAEOutput(NamedTuple):
@@ -183,8 +223,12 @@ class SAE(nn.Module):
     """A sparse autoencoder.  ``SAE(d_in, d_sae, architecture, k=...)`` or ``SAE.from_config(SAEConfig(...))``.
 
     Parameters: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in] (unit-norm rows), b_dec [d_in];
-    ``threshold`` [d_sae] for jumprelu (learned) and batchtopk (a buffer, set during training);
-    ``step`` (scalar) for unrolled.
+    ``threshold`` [d_sae] for jumprelu (learned) and batchtopk (a buffer, set during training, one value repeated:
+    the layout of SAELens's JumpReLU, so a saved BatchTopK SAE is a JumpReLU one); ``step`` (scalar) for unrolled.
+
+    With ``normalize_activations="constant_norm_rescale"`` every token x is scaled to norm √d_in before the encoder
+    and the reconstruction is scaled back by ‖x‖/√d_in (SAELens's semantics): ``forward`` and ``encode`` take raw x;
+    ``decode(codes, norms=x.norm(dim=-1))`` needs the tokens' norms to return raw units.
     """
 
     def __init__(self, d_in: int, d_sae: int, architecture: str = "abstopk", k: int | None = None, **kwargs: Any):
@@ -203,7 +247,7 @@ class SAE(nn.Module):
         if architecture == "jumprelu":
             self.threshold = nn.Parameter(torch.full((d_sae,), self.cfg.jumprelu_init_threshold, dtype=dtype))
         if architecture == "batchtopk":
-            self.register_buffer("threshold", torch.zeros((), dtype=dtype))
+            self.register_buffer("threshold", torch.zeros(d_sae, dtype=dtype))
         if architecture == "unrolled":
             # A step below 1/‖D‖₂² is always safe, but a learned step can do better: start from 1/√(d_sae/d_in),
             # roughly 1/‖D‖₂ for random unit atoms, and let training adjust it.
@@ -216,24 +260,56 @@ class SAE(nn.Module):
 
     # --- the forward pass -------------------------------------------------------------------------------------------
 
-    def _check_input(self, x: Tensor, width: int, what: str) -> None:
+    def _check_input(self, x: Tensor, width: int, what: str) -> Tensor:
+        """``x`` as a tensor (a numpy array is converted, onto the SAE's device), checked to be [..., width] floats."""
+        if not isinstance(x, Tensor):
+            if not hasattr(x, "__array__"):
+                raise ValueError(f"{what} must be a tensor (or numpy array) [..., {width}], got {type(x).__name__}")
+            x = torch.as_tensor(x, device=self.W_enc.device)
+        if x.dim() == 0:
+            raise ValueError(f"{what} must be a tensor [..., {width}] (one row per token), got a 0-D tensor (a scalar)")
         if x.shape[-1] != width:
             raise ValueError(f"{what} must have last dimension {width}, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"{what} must be a floating-point tensor, got {x.dtype}")
+        return x
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # BatchTopK folders saved before the threshold became [d_sae] hold one scalar: repeat it in every latent.
+        key = prefix + "threshold"
+        if self.cfg.architecture == "batchtopk" and key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].expand(self.cfg.d_sae).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def per_token_normalized(self) -> bool:
+        """Whether the SAE scales each token to norm √d_in inside (``normalize_activations="constant_norm_rescale"``)."""
+        return self.cfg.normalize_activations == "constant_norm_rescale"
+
+    def _sae_input(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """x [..., d_in] in the SAE's dtype, normalised if the SAE normalises, and the factor used [..., 1] (or None)."""
+        x = self._check_input(x, self.cfg.d_in, "x")
+        x = x.to(self.W_enc.dtype)
+        if not self.per_token_normalized:
+            return x, None
+        coeff = token_norm_coefficient(x)
+        return x * coeff, coeff
+
+    def _pre(self, x_in: Tensor) -> Tensor:
+        return (x_in - self.b_dec) @ self.W_enc + self.b_enc
 
     def pre_activation(self, x: Tensor) -> Tensor:
-        """(x − b_dec) @ W_enc + b_enc.  [..., d_in] -> [..., d_sae]."""
-        self._check_input(x, self.cfg.d_in, "x")
-        return (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
+        """(x' − b_dec) @ W_enc + b_enc, x' = x (or x·√d_in/‖x‖ when per-token normalised).  [..., d_in] -> [..., d_sae]."""
+        return self._pre(self._sae_input(x)[0])
 
     def activation(self, pre: Tensor) -> Tensor:
         """The architecture's proximal operator.  [..., d_sae] -> [..., d_sae]."""
         return self.variant.activation(self, pre)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Sparse codes.  [..., d_in] -> [..., d_sae]."""
-        return self._codes(x, self.pre_activation(x))
+        """Sparse codes of raw activations.  [..., d_in] -> [..., d_sae]."""
+        x_in, _ = self._sae_input(x)
+        return self._codes(x_in, self._pre(x_in))
 
     def _codes(self, x: Tensor, pre: Tensor) -> Tensor:
         codes = self.activation(pre)
@@ -241,15 +317,43 @@ class SAE(nn.Module):
             codes = self._unrolled_steps(x.to(pre.dtype), codes)
         return codes
 
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes @ W_dec + b_dec.  [..., d_sae] -> [..., d_in]."""
-        self._check_input(codes, self.cfg.d_sae, "codes")
+    def _decode_in(self, codes: Tensor) -> Tensor:
+        """codes @ W_dec + b_dec, in the SAE's (possibly normalised) input space.  [..., d_sae] -> [..., d_in]."""
         return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
+    def decode(self, codes: Tensor, norms: Tensor | None = None) -> Tensor:
+        """codes @ W_dec + b_dec, in raw units.  codes [..., d_sae] -> [..., d_in].
+
+        A per-token-normalised SAE (``normalize_activations="constant_norm_rescale"``) reconstructs each token at
+        norm ~√d_in and scales it back by ‖x‖/√d_in: pass ``norms`` = ``x.norm(dim=-1)`` [...] (or [..., 1]) of the
+        tokens the codes came from.  ``forward`` does this for you.
+        """
+        codes = self._check_input(codes, self.cfg.d_sae, "codes")
+        out = self._decode_in(codes)
+        if not self.per_token_normalized:
+            if norms is not None:
+                raise ValueError("norms are only used by a per-token-normalised SAE; this one takes x as it is: drop them")
+            return out
+        if norms is None:
+            raise ValueError(
+                "this SAE normalises every token to norm √d_in (normalize_activations='constant_norm_rescale'): "
+                "decode(codes, norms=x.norm(dim=-1)) needs the tokens' norms to return raw units, or use sae(x).recon"
+            )
+        norms = torch.as_tensor(norms, device=out.device).to(out.dtype)
+        if norms.shape != out.shape[:-1] + (1,):
+            norms = norms.unsqueeze(-1)
+        coeff = (self.cfg.d_in**0.5) / norms.clamp_min(torch.finfo(out.dtype).tiny)
+        return out / coeff
+
     def forward(self, x: Tensor) -> SAEOutput:
-        pre = self.pre_activation(x)
-        codes = self._codes(x, pre)
-        return SAEOutput(recon=self.decode(codes), codes=codes, pre=pre)
+        """recon [..., d_in] (raw units), codes [..., d_sae], pre [..., d_sae] of raw activations x [..., d_in]."""
+        x_in, coeff = self._sae_input(x)
+        pre = self._pre(x_in)
+        codes = self._codes(x_in, pre)
+        recon = self._decode_in(codes)
+        if coeff is not None:
+            recon = recon / coeff
+        return SAEOutput(recon=recon, codes=codes, pre=pre)
 
     def penalty(self, out: "SAEOutput") -> Tensor:
         """The variant's sparsity penalty (unweighted), 0 for the k-sparse ones.  Scalar."""
@@ -268,7 +372,7 @@ class SAE(nn.Module):
         D_T = self.W_dec.T if self.cfg.unrolled_tied else self.W_enc
         y, t = codes, 1.0
         for _ in range(self.cfg.unrolled_steps - 1):
-            z_next = project(y + self.step * ((x - self.decode(y)) @ D_T), self.cfg.k)
+            z_next = project(y + self.step * ((x - self._decode_in(y)) @ D_T), self.cfg.k)
             if self.cfg.unrolled_solver == "fista":
                 t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
                 y = z_next + ((t - 1) / t_next) * (z_next - codes)
@@ -311,38 +415,77 @@ class SAE(nn.Module):
 
     # --- save / load (SAELens layout) --------------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``cfg.json`` + ``sae_weights.safetensors`` to ``folder`` (created), SAELens's layout."""
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write ``cfg.json`` + ``sae_weights.safetensors`` to ``folder`` (created), SAELens's layout.
+
+        Both files land together: they are written into a staging folder inside ``folder``, marked committed, then
+        renamed into place; a save killed at any point leaves the old SAE or the new one (``load`` finishes a
+        committed save that was cut short). The weights' safetensors metadata records the architecture and a save
+        id that ``cfg.json`` repeats, so ``load`` notices files from two different saves. A folder that already
+        holds an SAE is refused unless ``overwrite``; other files in it (a ``checkpoint/``, notes) are left alone.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
-        save_file(tensors, str(folder / WEIGHTS_FILENAME))
-        (folder / CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        with atomic.file_lock(folder / SAVE_LOCK, what=f"the SAE in {folder}"):
+            _finish_interrupted_save(folder)
+            existing = [name for name in (CFG_FILENAME, WEIGHTS_FILENAME) if (folder / name).exists()]
+            if existing and not overwrite:
+                raise FileExistsError(
+                    f"{folder} already holds a saved SAE ({', '.join(existing)}); pass overwrite=True to replace it, "
+                    "or save to another folder"
+                )
+            save_id = uuid.uuid4().hex
+            cfg = dict(self.cfg.to_dict(), absae_save_id=save_id)
+            tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
+            staging = Path(tempfile.mkdtemp(prefix=SAVE_STAGING, dir=folder))
+            try:
+                save_file(tensors, str(staging / WEIGHTS_FILENAME), metadata=_weights_metadata(self.cfg, save_id))
+                (staging / CFG_FILENAME).write_text(json.dumps(cfg, indent=2))
+                for name in (WEIGHTS_FILENAME, CFG_FILENAME):
+                    atomic.fsync_file(staging / name)
+                atomic.write_text(staging / COMMITTED, save_id)  # from here on, the new SAE is the saved one
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            _move_into_place(staging, folder)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device | None = None) -> "SAE":
-        """Read a folder written by :meth:`save`.  Fails clearly on a missing, foreign or corrupt folder."""
+        """Read a folder written by :meth:`save`.  Fails clearly, naming the file, on a missing, foreign or corrupt
+        folder, or on a cfg.json and weights that do not belong together."""
         folder = Path(folder)
+        if any(folder.glob(SAVE_STAGING + "*")):  # a save was cut short (or is running): finish or drop it first
+            with atomic.file_lock(folder / SAVE_LOCK, what=f"the SAE in {folder}"):
+                _finish_interrupted_save(folder)
         cfg_path, weights_path = folder / CFG_FILENAME, folder / WEIGHTS_FILENAME
         if not cfg_path.exists() or not weights_path.exists():
             raise FileNotFoundError(
                 f"{folder} is not a saved SAE: it needs {CFG_FILENAME} and {WEIGHTS_FILENAME} (write one with sae.save())"
             )
-        try:
-            cfg_dict = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{cfg_path} is not valid JSON ({err}); the folder is corrupt, save the SAE again") from err
-        if cfg_dict.get("architecture") not in ARCHITECTURES:
+        cfg_dict = atomic.read_json(cfg_path, "SAE config", "the folder is corrupt, save the SAE again")
+        if not isinstance(cfg_dict, dict):
+            raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg_dict).__name__}; save the SAE again")
+        architecture = cfg_dict.get("absae_architecture", cfg_dict.get("architecture"))
+        if architecture not in ARCHITECTURES:
             raise ValueError(
-                f"{cfg_path} describes architecture {cfg_dict.get('architecture')!r}, which absae cannot load; "
+                f"{cfg_path} describes architecture {architecture!r}, which absae cannot load; "
                 f"it knows {', '.join(ARCHITECTURES)}"
             )
-        sae = cls.from_config(SAEConfig.from_dict(cfg_dict))
         try:
-            tensors = load_file(str(weights_path))
+            cfg = SAEConfig.from_dict(cfg_dict)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{cfg_path} is not a valid SAE config: {err}") from err
+        sae = cls.from_config(cfg)
+        try:
+            with safe_open(str(weights_path), framework="pt") as f:
+                weights_metadata = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
         except Exception as err:  # safetensors raises its own error types for truncated or foreign files
             raise ValueError(f"{weights_path} could not be read ({err}); the file is corrupt, save the SAE again") from err
+        _check_same_sae(cfg_path, cfg_dict, cfg, weights_path, weights_metadata)
+        if cfg.architecture == "batchtopk" and "threshold" in tensors and tensors["threshold"].dim() == 0:
+            tensors["threshold"] = tensors["threshold"].expand(cfg.d_sae).clone()  # saved before it became [d_sae]
         expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
         found = {name: tuple(t.shape) for name, t in tensors.items()}
         if expected != found:
@@ -357,3 +500,59 @@ class SAE(nn.Module):
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
         return f"{self.cfg.architecture}: d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
+
+
+# --- saving both files together ----------------------------------------------------------------------------------------
+
+SAVE_LOCK = ".sae"  # lock file .sae.lock in the SAE's folder
+SAVE_STAGING = ".save.tmp-"  # staging folders inside the SAE's folder
+COMMITTED = "COMMITTED"  # in a staging folder: both files are complete, the save must be finished
+
+
+def _weights_metadata(cfg: SAEConfig, save_id: str) -> dict[str, str]:
+    """What the safetensors header records of the SAE (strings only), checked against cfg.json on load."""
+    meta = {"absae_architecture": cfg.architecture, "absae_save_id": save_id, "d_in": str(cfg.d_in),
+            "d_sae": str(cfg.d_sae), "k": str(cfg.k)}
+    if cfg.architecture == "unrolled":
+        meta["unrolled_prox"] = cfg.unrolled_prox
+    return meta
+
+
+def _check_same_sae(cfg_path: Path, cfg_dict: dict, cfg: SAEConfig, weights_path: Path, meta: dict[str, str]) -> None:
+    """Refuse a cfg.json and weights from different SAEs whose tensor shapes happen to agree (e.g. TopK vs AbsTopK)."""
+    if not meta.get("absae_architecture"):
+        return  # saved by an older absae, or by another library: only the shapes can be checked
+    said = {"architecture": cfg.architecture, "k": str(cfg.k)}
+    held = {"architecture": meta["absae_architecture"], "k": meta.get("k", said["k"])}
+    if cfg.architecture == "unrolled" and "unrolled_prox" in meta:
+        said["unrolled_prox"], held["unrolled_prox"] = cfg.unrolled_prox, meta["unrolled_prox"]
+    differ = {key: (said[key], held[key]) for key in said if said[key] != held[key]}
+    if differ:
+        lines = ", ".join(f"{key} {a} in cfg.json but {b} in the weights" for key, (a, b) in differ.items())
+        raise ValueError(
+            f"{cfg_path} and {weights_path} describe different SAEs ({lines}): the files were mixed (copied by hand, "
+            "or from an older interrupted save); save the SAE again"
+        )
+    cfg_id, weights_id = cfg_dict.get("absae_save_id"), meta.get("absae_save_id")
+    if cfg_id and weights_id and cfg_id != weights_id:
+        raise ValueError(
+            f"{cfg_path} and {weights_path} come from two different saves (save ids {cfg_id} and {weights_id}); "
+            "save the SAE again"
+        )
+
+
+def _move_into_place(staging: Path, folder: Path) -> None:
+    """Rename a committed staging folder's files into ``folder`` (weights, then cfg), then remove it."""
+    for name in (WEIGHTS_FILENAME, CFG_FILENAME):
+        if (staging / name).exists():
+            os.replace(staging / name, folder / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _finish_interrupted_save(folder: Path) -> None:
+    """Finish the committed saves cut short in ``folder`` and drop the uncommitted ones (caller holds the lock)."""
+    for staging in sorted(folder.glob(SAVE_STAGING + "*")):
+        if (staging / COMMITTED).exists():
+            _move_into_place(staging, folder)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -6,6 +6,9 @@ the concept we aimed at change, and nothing else?
     ablate_latents        x − Σ_{j∈L} z_j d_j: remove chosen latents' decoder contributions, keep everything else
                           (including the SAE's reconstruction error)
     project_out           x − (x·d̂) d̂: the DiM baseline's ablation
+    pooled_features       residual and codes averaged over each text's tokens (what SAEBench's SCR/TPP probe)
+    probe_attribution     SAEBench's latent ranking mean_diff · (w_probe · d_j): |·| for SCR, mean_diff clamped at 0
+                          for TPP, and the sign-aware TPP ranking for signed codes beside it
     scr                   spurious correlation removal (Marks et al. 2024): a probe for attribute A trained where A and B
                           are perfectly correlated leans on B; ablating B's latents should recover its accuracy on
                           balanced data. Score (acc_ablated − acc_biased) / (acc_oracle − acc_biased)
@@ -15,7 +18,10 @@ the concept we aimed at change, and nothing else?
                           while another attribute (the continent) stays A's (isolation)
 
 Shapes: ``n`` examples, ``d`` model width, ``d_sae`` latents. The datasets are built from offline sources only:
-Brown sentences (non-fiction vs fiction × he/she pronouns) and a list of country facts written here.
+Brown sentences (non-fiction vs fiction × he/she pronouns) and a list of country facts written here. SCR and TPP
+follow SAEBench's code (``sae_bench/evals/scr_and_tpp/main.py``): mean-pooled tokens, probe-attribution ranking,
+zero ablation with the SAE error kept, SAEBench's score formulas; the data are offline substitutes for its
+Bias-in-Bios and Amazon reviews, so every number is "SAEBench-style on offline substitutes", not SAEBench's.
 """
 
 from __future__ import annotations
@@ -23,14 +29,15 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from absae_lib.concepts import ConceptDataset
-from absae_lib.probing import encode_all, select_latents
+from absae_lib.probing import encode_all, mean_code_difference
 
 ABLATION_NS = (2, 5, 10, 20)
 
@@ -70,10 +77,80 @@ def project_out(acts: Tensor, direction: Tensor) -> Tensor:
     return acts - (acts @ d)[:, None] * d
 
 
-def select_for(sae, acts: Tensor, labels: Tensor, n: int) -> list[int]:
-    """The n latents whose mean code differs most between the classes (signed codes for AbsTopK, both poles)."""
-    codes = encode_all(sae, acts)
-    return select_latents(codes, labels, n, signed=bool(getattr(sae.cfg, "signed", False))).indices.tolist()
+# ----------------------------------------------------------------------------------------------------------------
+# Mean-pooled features, as SAEBench's SCR and TPP use them
+
+
+class Pooled(NamedTuple):
+    """Per-text features: the residual and every SAE's codes, each averaged over the text's tokens."""
+
+    acts: Tensor  # [n, d] mean over tokens of the residual at the hook
+    codes: dict[str, Tensor]  # {SAE name: [n, d_sae]} mean over the same tokens of the per-token codes
+
+
+@torch.no_grad()
+def pooled_features(model, texts: Sequence[str], hook_name: str, saes: dict[str, Any], batch_size: int = 32,
+                    skip_first: bool = True) -> Pooled:
+    """Mean-pool the residual and each SAE's codes over every text's tokens, as SAEBench's SCR/TPP do.
+
+    SAEBench encodes every token, averages the codes over the text's real tokens (pads and BOS masked) and trains
+    its probes on the averaged residual. Here texts carry no BOS, and token 0 (the attention sink, ~100× the norm of
+    the others, left out of SAE training) is skipped when ``skip_first`` — the role BOS plays in SAEBench. Because
+    ablation is linear, the mean over tokens of x − Σ_{j∈L} z_j d_j is pooled x − Σ_{j∈L} (pooled z_j) d_j, so
+    scoring an ablation needs only these averages.
+
+    Returns:
+        Pooled(acts [n, d] fp32 CPU, codes {name: [n, d_sae] fp32 CPU}), row i for ``texts[i]``.
+    """
+    from absae_lib.activations import resolve_compute_dtype, stop_layer
+    from absae_lib.concepts import token_ids
+    from absae_lib.models import validate_hook
+
+    validate_hook(model, hook_name)
+    ids = token_ids(model.tokenizer, texts)
+    first = 1 if skip_first else 0
+    short = [i for i, r in enumerate(ids) if len(r) <= first]
+    if short:
+        raise ValueError(f"{len(short)} texts have no token to pool after skipping token 0 (e.g. {texts[short[0]]!r}); "
+                         "drop them or pass skip_first=False")
+    param = next(model.parameters())
+    compute_dtype = resolve_compute_dtype(param.dtype, param.device)
+    autocast = (torch.autocast(device_type=param.device.type, dtype=compute_dtype) if compute_dtype != param.dtype
+                else nullcontext())
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    acts = torch.empty(len(ids), model.cfg.d_model)
+    codes = {name: torch.empty(len(ids), sae.cfg.d_sae) for name, sae in saes.items()}
+    saved: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook) -> None:
+        saved["act"] = activation
+
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    for s in range(0, len(order), batch_size):
+        batch = order[s:s + batch_size]
+        tokens = torch.full((len(batch), len(ids[batch[0]])), pad, dtype=torch.long)
+        mask = torch.zeros(tokens.shape)
+        for r, i in enumerate(batch):
+            tokens[r, : len(ids[i])] = torch.tensor(ids[i])
+            mask[r, first: len(ids[i])] = 1.0
+        with autocast:
+            model.run_with_hooks(tokens.to(param.device), fwd_hooks=[(hook_name, keep)],
+                                 stop_at_layer=stop_layer(hook_name))
+        x = saved.pop("act").float().cpu()  # [b, L, d]
+        weights = mask / mask.sum(1, keepdim=True)  # [b, L]: 1/n_tokens on the pooled tokens, 0 elsewhere
+        acts[batch] = torch.einsum("bl,bld->bd", weights, x)
+        flat = x[mask.bool()]  # [tokens, d]: only the pooled tokens are encoded
+        row_of = torch.arange(len(batch))[:, None].expand_as(mask)[mask.bool()]
+        for name, sae in saes.items():
+            z = encode_all(sae, flat)  # [tokens, d_sae]
+            pooled = torch.zeros(len(batch), z.shape[1]).index_add_(0, row_of, z)
+            codes[name][batch] = pooled / mask.sum(1, keepdim=True)
+    return Pooled(acts, codes)
+
+
+def pooled_from_acts(saes: dict[str, Any], acts: Tensor) -> Pooled:
+    """Pooled features of one-token texts: ``acts`` [n, d] and each SAE's codes of it (tests, single-token data)."""
+    return Pooled(acts.float().cpu(), {name: encode_all(sae, acts.float()) for name, sae in saes.items()})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,60 +172,123 @@ def probe_accuracy(probe, X: Tensor, y: Tensor) -> float:
     return float(probe.score(X.float().cpu().numpy(), torch.as_tensor(y).cpu().numpy()))
 
 
-def normalized_score(acc_ablated: float, acc_biased: float, acc_oracle: float, min_gap: float = 1e-6) -> float:
-    """(acc_ablated − acc_biased) / (acc_oracle − acc_biased): 1 = the ablation recovers the oracle, 0 = no change.
+def probe_weight(probe) -> Tensor:
+    """The fitted probe's weight in raw activation coordinates, [d]: ∂ logit / ∂x = coef / scale of the scaler.
 
-    NaN when the oracle is not above the biased probe by more than ``min_gap`` (nothing to recover).
+    SAEBench's probes are plain linear layers on the raw activations; ours standardise first, so the weight that a
+    decoder row is dotted with (the probe attribution) is the logistic coefficient divided by the feature scale.
     """
+    scaler, logistic = probe[0], probe[-1]
+    return torch.as_tensor(logistic.coef_[0] / scaler.scale_, dtype=torch.float32)
+
+
+ATTRIBUTION_MODES = ("scr", "tpp", "tpp_sign_aware")
+
+
+def probe_attribution(codes: Tensor, labels: Tensor, W_dec: Tensor, weight: Tensor, mode: str) -> Tensor:
+    """SAEBench's latent ranking: effect_j = mean_diff_j · (w · d_j), per latent.  -> [d_sae].
+
+    mean_diff = mean pooled code on label 1 − on label 0 (codes [n, d_sae]); d_j the decoder rows (W_dec [d_sae, d]);
+    w the probe's weight [d]. ``mode``:
+
+    - "scr": |effect| (SAEBench's SCR);
+    - "tpp": clamp(mean_diff, min=0) · (w · d_j) (SAEBench's TPP: latents that fire more on the positive class and
+      push the probe towards it). The clamp assumes codes ≥ 0: a signed latent whose *negative* pole marks the
+      positive class has mean_diff < 0 and is dropped, however much the probe uses it;
+    - "tpp_sign_aware": mean_diff · (w · d_j) without the clamp, so either pole counts when its contribution
+      z_j (w · d_j) pushes the probe towards the positive class (for codes ≥ 0 it only adds latents that fire on the
+      negative class and pull the probe towards it).
+    """
+    if mode not in ATTRIBUTION_MODES:
+        raise ValueError(f"mode must be one of {ATTRIBUTION_MODES}, got {mode!r}")
+    mean_diff = mean_code_difference(codes, labels)
+    dot = W_dec.detach().float().cpu() @ weight.float().cpu()
+    if mode == "tpp":
+        mean_diff = mean_diff.clamp(min=0)
+    effect = mean_diff.cpu() * dot
+    return effect.abs() if mode == "scr" else effect
+
+
+def top_latents(effects: Tensor, n: int) -> list[int]:
+    """The n latents with the largest effect, as SAEBench's ``select_top_n_features``: only non-zero effects count,
+    so fewer than n come back when fewer are non-zero. Ties keep the lower latent id."""
+    nonzero = (effects != 0).nonzero().flatten()
+    order = effects[nonzero].argsort(descending=True, stable=True)
+    return nonzero[order][:n].tolist()
+
+
+def normalized_score(acc_ablated: float, acc_biased: float, acc_oracle: float, min_gap: float = 0.001) -> float:
+    """SAEBench's SCR score (acc_ablated − acc_biased) / (acc_oracle − acc_biased): 1 = the ablation recovers the
+    oracle, 0 = no change. 0 when the oracle is not above the biased probe by ``min_gap`` (SAEBench's rule)."""
     gap = acc_oracle - acc_biased
-    if gap <= min_gap:
-        return float("nan")
+    if gap < min_gap:
+        return 0.0
     return (acc_ablated - acc_biased) / gap
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # SCR
 
+SCR_LABEL = "SCR (SAEBench-style on offline substitutes)"
+TPP_LABEL = "TPP (SAEBench-style on offline substitutes)"
+
 
 def scr(
-    saes: dict[str, Any], biased: tuple[Tensor, Tensor], balanced: tuple[Tensor, Tensor, Tensor],
-    test: tuple[Tensor, Tensor], ns: Sequence[int] = ABLATION_NS, min_gap: float = 0.02,
+    saes: dict[str, Any], biased: tuple[Pooled, Tensor], selection: tuple[Pooled, Tensor, Tensor],
+    test: tuple[Pooled, Tensor, Tensor], ns: Sequence[int] = ABLATION_NS, min_gap: float = 0.001,
+    names: tuple[str, str] = ("A", "B"),
 ) -> dict[str, Any]:
-    """Spurious correlation removal.
+    """Spurious correlation removal, SAEBench-style: mean-pooled features, latents ranked by probe attribution.
+
+    The biased probe is trained where A == B. Like SAEBench, both directions are scored — ablate B's latents and
+    score the biased probe on A's labels, or ablate A's and score on B's — and the one reported ("chosen") is where
+    the biased probe is *worse* before ablation (the attribute it does not lean on).
 
     Args:
-        saes: {name: SAE}.
-        biased: (acts [n, d], labels of A) where A == B on every row: the biased probe's training set.
-        balanced: (acts, labels of A, labels of B), all four (A, B) cells: trains the oracle probe for A and selects
-            the latents of B (and its DiM direction). Never scored.
-        test: (acts, labels of A), all four cells balanced: where every probe is scored.
-        ns: how many B latents to ablate.
-        min_gap: scores are NaN unless the oracle beats the biased probe by this much.
+        saes: {name: SAE}; their codes must be in every Pooled's ``codes``.
+        biased: (features, labels of A) where A == B on every row: the biased probe's training set.
+        selection: (features, labels of A, labels of B), all four (A, B) cells: trains the skyline probes for A and
+            for B; the latents to ablate are ranked there by |mean_diff · (w_probe · d_j)| (SAEBench's SCR
+            attribution) with the probe and labels of the attribute being removed.
+        test: (features, labels of A, labels of B), balanced: where every probe is scored.
+        ns: how many latents to zero-ablate (SAEBench: the error term and the other latents stay).
+        min_gap: a direction scores 0 when its skyline beats the biased probe by less (SAEBench: 0.001).
+        names: display names of A and B.
 
     Returns:
-        {"acc_biased", "acc_oracle", "acc_dim" (B's DiM direction projected out), "score_dim",
-         "variants": {name: {"acc": {n: acc}, "score": {n: normalized score}, "latents": the largest selection}}}.
+        {"label", "chosen": "A" or "B" (the attribute scored: "A" means B's latents were ablated),
+         "direction": a sentence, and for the chosen direction "acc_biased", "acc_oracle" (skyline), "acc_dim",
+         "score_dim", "variants": {name: {"acc": {n}, "score": {n}, "latents"}}; "directions": {"A": {...},
+         "B": {...}} the same for both}.
     """
     from absae_lib.dim import diff_in_means
 
-    Xb, yb = biased
-    Xs, yAs, yBs = balanced
-    Xt, yt = test
-    probe = fit_probe(Xb, yb)
-    oracle = fit_probe(Xs, yAs)
-    acc_biased, acc_oracle = probe_accuracy(probe, Xt, yt), probe_accuracy(oracle, Xt, yt)
-    direction = diff_in_means(Xs, yBs)
-    acc_dim = probe_accuracy(probe, project_out(Xt, direction), yt)
-    out: dict[str, Any] = {"acc_biased": acc_biased, "acc_oracle": acc_oracle, "acc_dim": acc_dim,
-                           "score_dim": normalized_score(acc_dim, acc_biased, acc_oracle, min_gap), "variants": {}}
-    for name, sae in saes.items():
-        ranked = select_for(sae, Xs, yBs, max(ns))
-        codes = encode_all(sae, Xt.float())
-        acc = {n: probe_accuracy(probe, Xt.float() - latent_contribution(codes, sae.W_dec.cpu(), ranked[:n]), yt)
-               for n in ns}
-        out["variants"][name] = {"acc": acc, "latents": ranked,
-                                 "score": {n: normalized_score(a, acc_biased, acc_oracle, min_gap) for n, a in acc.items()}}
-    return out
+    (Fb, yb), (Fs, yAs, yBs), (Ft, yAt, yBt) = biased, selection, test
+    probe = fit_probe(Fb.acts, yb)
+    labels = {"A": (yAs, yAt), "B": (yBs, yBt)}
+    skyline = {c: fit_probe(Fs.acts, ys) for c, (ys, _) in labels.items()}
+    directions: dict[str, Any] = {}
+    for scored, removed in (("A", "B"), ("B", "A")):
+        ys_rm, (_, yt) = labels[removed][0], labels[scored]
+        acc_biased = probe_accuracy(probe, Ft.acts, yt)
+        acc_oracle = probe_accuracy(skyline[scored], Ft.acts, yt)
+        acc_dim = probe_accuracy(probe, project_out(Ft.acts, diff_in_means(Fs.acts, ys_rm)), yt)
+        w = probe_weight(skyline[removed])
+        d: dict[str, Any] = {"acc_biased": acc_biased, "acc_oracle": acc_oracle, "acc_dim": acc_dim,
+                             "score_dim": normalized_score(acc_dim, acc_biased, acc_oracle, min_gap),
+                             "direction": f"ablate {names[removed == 'B']}, score the biased probe on "
+                                          f"{names[scored == 'B']}", "variants": {}}
+        for name, sae in saes.items():
+            W = sae.W_dec.detach().float().cpu()
+            ranked = top_latents(probe_attribution(Fs.codes[name], ys_rm, W, w, "scr"), max(ns))
+            acc = {n: probe_accuracy(probe, Ft.acts - latent_contribution(Ft.codes[name], W, ranked[:n]), yt)
+                   for n in ns}
+            d["variants"][name] = {"acc": acc, "latents": ranked,
+                                   "score": {n: normalized_score(a, acc_biased, acc_oracle, min_gap)
+                                             for n, a in acc.items()}}
+        directions[scored] = d
+    chosen = "A" if directions["A"]["acc_biased"] < directions["B"]["acc_biased"] else "B"
+    return {"label": SCR_LABEL, "chosen": chosen, **directions[chosen], "directions": directions}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,29 +311,32 @@ def tpp_score(drops: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def tpp(
-    saes: dict[str, Any], tasks: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], ns: Sequence[int] = ABLATION_NS,
+    saes: dict[str, Any], tasks: dict[str, tuple[Pooled, Tensor, Pooled, Tensor]], ns: Sequence[int] = ABLATION_NS,
 ) -> dict[str, Any]:
-    """Targeted probe perturbation over several binary concepts.
+    """Targeted probe perturbation over several binary concepts, SAEBench-style (mean-pooled, probe attribution).
 
     Args:
         saes: {name: SAE}.
-        tasks: {concept: (acts_train, y_train, acts_test, y_test)}; a probe per concept is trained on its train split
-            and concept i's latents are selected there too. The ablation is applied to every concept's test split.
+        tasks: {concept: (train features, y_train, test features, y_test)}; a probe per concept is trained on its
+            train split, and concept i's latents are ranked there by clamp(mean_diff, 0) · (w_i · d_j) (SAEBench).
+            For a signed SAE the sign-aware ranking mean_diff · (w_i · d_j) is scored as well.
         ns: how many latents to ablate per concept.
 
     Returns:
-        {"concepts", "acc": {concept: clean test accuracy},
+        {"label", "concepts", "acc": {concept: clean test accuracy},
          "dim": {"drops": [[...]], "score", "per_concept"} (concept i's DiM direction projected out),
-         "variants": {name: {"drops": {n: [[...]]}, "score": {n: float}, "per_concept": {n: [...]}}}}.
+         "variants": {name: {"drops": {n: [[...]]}, "score": {n}, "per_concept": {n: [...]}, "latents",
+                             and for signed SAEs "score_sign_aware": {n}, "drops_sign_aware": {n: [[...]]}}}}.
     """
     from absae_lib.dim import diff_in_means
 
     names = list(tasks)
-    probes = {c: fit_probe(tr, ytr) for c, (tr, ytr, _, _) in tasks.items()}
-    clean = {c: probe_accuracy(probes[c], te, yte) for c, (_, _, te, yte) in tasks.items()}
+    probes = {c: fit_probe(tr.acts, ytr) for c, (tr, ytr, _, _) in tasks.items()}
+    weights = {c: probe_weight(p) for c, p in probes.items()}
+    clean = {c: probe_accuracy(probes[c], te.acts, yte) for c, (_, _, te, yte) in tasks.items()}
 
     def drops_for(edit) -> np.ndarray:
-        """edit(i, concept j, acts_test_j) -> edited acts; returns the drop matrix."""
+        """edit(concept i, concept j, test features of j) -> edited acts; returns the drop matrix."""
         D = np.zeros((len(names), len(names)))
         for i, ci in enumerate(names):
             for j, cj in enumerate(names):
@@ -201,20 +344,26 @@ def tpp(
                 D[i, j] = clean[cj] - probe_accuracy(probes[cj], edit(ci, cj, te), yte)
         return D
 
-    directions = {c: diff_in_means(tr, ytr) for c, (tr, ytr, _, _) in tasks.items()}
-    D = drops_for(lambda ci, cj, te: project_out(te, directions[ci]))
+    directions = {c: diff_in_means(tr.acts, ytr) for c, (tr, ytr, _, _) in tasks.items()}
+    D = drops_for(lambda ci, cj, te: project_out(te.acts, directions[ci]))
     score, per = tpp_score(D)
-    out: dict[str, Any] = {"concepts": names, "acc": clean,
+    out: dict[str, Any] = {"label": TPP_LABEL, "concepts": names, "acc": clean,
                            "dim": {"drops": D.tolist(), "score": score, "per_concept": per.tolist()}, "variants": {}}
     for name, sae in saes.items():
-        ranked = {c: select_for(sae, tr, ytr, max(ns)) for c, (tr, ytr, _, _) in tasks.items()}
-        codes = {c: encode_all(sae, te.float()) for c, (_, _, te, _) in tasks.items()}
-        W = sae.W_dec.detach().cpu()
-        res: dict[str, Any] = {"drops": {}, "score": {}, "per_concept": {}, "latents": ranked}
-        for n in ns:
-            D = drops_for(lambda ci, cj, te: te.float() - latent_contribution(codes[cj], W, ranked[ci][:n]))
-            s, p = tpp_score(D)
-            res["drops"][n], res["score"][n], res["per_concept"][n] = D.tolist(), s, p.tolist()
+        W = sae.W_dec.detach().float().cpu()
+        modes = ["tpp", "tpp_sign_aware"] if getattr(sae.cfg, "signed", False) else ["tpp"]
+        res: dict[str, Any] = {}
+        for mode in modes:
+            suffix = "" if mode == "tpp" else "_sign_aware"
+            ranked = {c: top_latents(probe_attribution(tr.codes[name], ytr, W, weights[c], mode), max(ns))
+                      for c, (tr, ytr, _, _) in tasks.items()}
+            res.update({f"drops{suffix}": {}, f"score{suffix}": {}, f"per_concept{suffix}": {},
+                        f"latents{suffix}": ranked})
+            for n in ns:
+                D = drops_for(lambda ci, cj, te: te.acts - latent_contribution(te.codes[name], W, ranked[ci][:n]))
+                s_, p_ = tpp_score(D)
+                res[f"drops{suffix}"][n], res[f"score{suffix}"][n] = D.tolist(), s_
+                res[f"per_concept{suffix}"][n] = p_.tolist()
         out["variants"][name] = res
     return out
 
@@ -499,6 +648,22 @@ def ravel_pairs(countries: Sequence[int], facts: Sequence[tuple[str, ...]], attr
     return sorted(pairs[:max_pairs])
 
 
+RAVEL_MAX_FVU = 0.5  # an SAE must explain at least half the variance at the country token to be patched
+
+
+@torch.no_grad()
+def country_token_fvu(saes: dict[str, Any], known: dict[str, Any], attributes: Sequence[str]) -> dict[str, float]:
+    """FVU Σ‖x − x̂‖² / Σ‖x − x̄‖² of each SAE on the country-token activations of the attributes' prompts."""
+    from absae_lib.metrics import fvu
+
+    x = torch.cat([known[a]["acts"] for a in attributes])  # [n_countries · n_attributes, d]
+    out = {}
+    for name, sae in saes.items():
+        recon = sae(x.to(next(sae.parameters()).device).float()).recon.float().cpu()
+        out[name] = fvu(x, recon)
+    return out
+
+
 # Which other attribute must stay put when one is patched.
 ISOLATION_PARTNER = {"capital": "continent", "continent": "capital", "language": "continent"}
 
@@ -506,9 +671,14 @@ ISOLATION_PARTNER = {"capital": "continent", "continent": "capital", "language":
 def ravel(
     model, hook_name: str, saes: dict[str, Any], known: dict[str, Any], attributes: Sequence[str],
     facts: Sequence[tuple[str, ...]] = COUNTRY_FACTS, ns: Sequence[int] = (8,), max_pairs: int = 20, seed: int = 0,
-    batch_size: int = 64, targets: Sequence[str] | None = None,
+    batch_size: int = 64, targets: Sequence[str] | None = None, max_fvu: float = RAVEL_MAX_FVU,
 ) -> dict[str, Any]:
     """RAVEL-style cause / isolation scores for the SAEs, a multi-class DiM subspace and the whole residual.
+
+    A latent patch can only carry what the SAE reconstructs: whatever sits in its error stays with the base country.
+    So an SAE is patched only where it reconstructs the country token, FVU < ``max_fvu`` at that token and layer
+    (:func:`country_token_fvu`); the others are listed under "not_measurable" with their FVU, not scored. With no
+    known attribute, or only one (isolation needs a second), nothing is patched and "skipped" says why.
 
     Only countries the model answers correctly on every attribute in ``attributes`` are used; they are split in two
     halves (seeded): the first selects, the second is patched. Selection for attribute t: codes at the country token
@@ -529,18 +699,31 @@ of latents can do.
         targets: the attributes to patch (default: all of ``attributes``); isolation may use any of ``attributes``.
 
     Returns:
-        {"select_countries", "eval_countries", "targets": {t: {"partner", "n_pairs",
-         "methods": {method: {n or "all": {"cause", "isolation", "score"}}}}}}.
+        {"select_countries", "eval_countries", "skipped" (None, or why nothing was patched), "max_fvu",
+         "fvu": {name: FVU at the country token}, "not_measurable": {name: reason},
+         "targets": {t: {"partner", "n_pairs", "methods": {method: {n or "all": {"cause", "isolation", "score"}}}}}}.
     """
     tok = model.tokenizer
     attributes = list(attributes)
+    fvu = country_token_fvu(saes, known, attributes or ATTRIBUTES)
+    not_measurable = {name: f"the SAE does not reconstruct the country token (FVU {f:.2f} ≥ {max_fvu} at "
+                            f"{hook_name}): a latent patch would leave most of the country in the error term"
+                      for name, f in fvu.items() if not f < max_fvu}
+    saes = {name: sae for name, sae in saes.items() if name not in not_measurable}
+    out: dict[str, Any] = {"select_countries": [], "eval_countries": [], "skipped": None, "max_fvu": max_fvu,
+                           "fvu": fvu, "not_measurable": not_measurable, "targets": {}}
+    if len(attributes) < 2:
+        out["skipped"] = ("the model knows no attribute well enough to test" if not attributes else
+                          f"the model knows only one attribute ({attributes[0]}) well enough; isolation needs a second")
+        return out
     col = {a: 1 + ATTRIBUTES.index(a) for a in ATTRIBUTES}
     ok = [i for i in range(len(facts)) if all(known[a]["correct"][i] for a in attributes)]
     random.Random(seed).shuffle(ok)
     select, evaluate = sorted(ok[: len(ok) // 2]), sorted(ok[len(ok) // 2:])
-    out: dict[str, Any] = {"select_countries": [facts[i][0] for i in select],
-                           "eval_countries": [facts[i][0] for i in evaluate], "targets": {}}
+    out["select_countries"] = [facts[i][0] for i in select]
+    out["eval_countries"] = [facts[i][0] for i in evaluate]
     if len(select) < 2 or len(evaluate) < 2:
+        out["skipped"] = f"only {len(ok)} countries are known on every tested attribute; RAVEL needs at least 4"
         return out
     X_sel = torch.cat([known[a]["acts"][select] for a in attributes])
     answers = {(i, a): answer_first_tokens(tok, facts[i][col[a]]) for i in range(len(facts)) for a in ATTRIBUTES}

@@ -14,10 +14,11 @@ batch order is a function of (seed, step), so a resumed run ends with the same w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,9 +26,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from absae_lib import sparse
-from absae_lib.device import compute_dtype, default_device
-from absae_lib.sae import K_SPARSE, SAE
+from absae_lib import atomic, distributed, sparse
+from absae_lib.device import RowLoader, autocast_dtype, default_device
+from absae_lib import calibrate, convergence
+from absae_lib.sae import K_SPARSE, SAE, token_norm_coefficient
 
 STATE_FILENAME = "train_state.pt"
 
@@ -54,7 +56,7 @@ class TrainConfig:
     normalize_inputs: bool = True
     b_dec_init: str = "mean"  # "mean", "median" (geometric) or "zero"
     sparse_step: bool = True  # the fast k-sparse step for topk/batchtopk/abstopk (absae_lib.sparse)
-    autocast: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16", or "off"
+    autocast: str = "auto"  # "auto" (bf16 where native, fp16 on older GPUs, else off), "bf16", "fp16" or "off"
     seed: int = 0
     device: str | None = None
     checkpoint_dir: str | None = None
@@ -62,14 +64,78 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     sae_kwargs: dict[str, Any] | None = None  # extra SAEConfig fields (e.g. unrolled_steps)
+    # "global": every token times one scale s (normalize_inputs), folded into the weights after training.
+    # "per_token": every token scaled to norm √d_in before the SAE, and back after decoding, in training and at
+    # inference (SAELens's normalize_activations="constant_norm_rescale"); the loss then weighs every token alike.
+    input_normalization: str = "global"
+    eval_every: int | None = None  # held-out NMSE/L0 every N steps into the history (train_sae(eval_data=...)); off
+    eval_tokens: int = 8192  # held-out rows evaluated (and as many training rows, for the train/held-out gap)
+    calibrate_batchtopk: bool = False  # BatchTopK: set the inference threshold from the final weights (calibrate.py)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would be misread or fail late (0 steps, empty batches, fractions outside [0, 1])."""
+        from absae_lib.sae import ARCHITECTURES
+
+        def count(name: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                none = " or None" if optional else ""
+                raise ValueError(f"TrainConfig.{name} must be an int ≥ {minimum}{none}, got {value!r}")
+
+        def number(name: str, value: Any, low: float, high: float = math.inf, optional: bool = False) -> None:
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                span = f"in [{low}, {high}]" if high < math.inf else f"≥ {low}"
+                raise ValueError(f"TrainConfig.{name} must be a number {span}, got {value!r}")
+
+        def choice(name: str, value: Any, options: tuple) -> None:
+            if value not in options:
+                raise ValueError(f"TrainConfig.{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+
+        choice("architecture", self.architecture, ARCHITECTURES)
+        count("d_sae", self.d_sae)
+        count("k", self.k, optional=True)
+        count("batch_size", self.batch_size)
+        count("n_steps", self.n_steps, optional=True)  # None = one pass over the data; 0 is not "one pass"
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        count("warmup_steps", self.warmup_steps, minimum=0)
+        for name in ("decay_fraction", "sparsity_warmup_fraction"):
+            number(name, getattr(self, name), 0.0, 1.0)
+        number("sparsity_coefficient", self.sparsity_coefficient, 0.0)
+        number("aux_coefficient", self.aux_coefficient, 0.0)
+        if self.init_l0 is not None:
+            number("init_l0", self.init_l0, 0.0)
+            if self.init_l0 == 0:
+                raise ValueError("TrainConfig.init_l0 must be positive (latents firing per token), got 0")
+        count("aux_k", self.aux_k, optional=True)
+        count("dead_window_tokens", self.dead_window_tokens)
+        choice("b_dec_init", self.b_dec_init, ("mean", "median", "zero"))
+        choice("autocast", self.autocast, ("auto", "bf16", "fp16", "off"))
+        count("seed", self.seed, minimum=0)
+        count("checkpoint_every", self.checkpoint_every)
+        count("log_every", self.log_every)
+        choice("input_normalization", self.input_normalization, ("global", "per_token"))
+        count("eval_every", self.eval_every, optional=True)
+        count("eval_tokens", self.eval_tokens)
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that change what is computed (a checkpoint from another fingerprint cannot be resumed)."""
         d = asdict(self)
         for key in ("device", "checkpoint_dir", "checkpoint_every", "log_every", "progress"):
             d.pop(key)
+        for key, default in _LATER_FIELDS.items():  # added later: in the fingerprint only when set, so the cache
+            if d[key] == default:  # keys (and checkpoints) of runs that do not use them stay what they were
+                d.pop(key)
         d["betas"] = list(d["betas"])
         return d
+
+
+_LATER_FIELDS = {"input_normalization": "global", "eval_every": None, "eval_tokens": 8192, "calibrate_batchtopk": False}
 
 
 def _as_tensor(data: Any) -> Tensor:
@@ -85,16 +151,101 @@ def _as_tensor(data: Any) -> Tensor:
 
 
 def _check_finite(data: Tensor, rows: int = 100_000) -> None:
+    """An early look at up to ``rows`` evenly spaced rows; the trainer checks every batch it reads (_FiniteCheck)."""
     step = max(1, data.shape[0] // rows)
-    sample = data[::step].float()
-    if not torch.isfinite(sample).all():
-        raise ValueError("training data contains NaN or Inf values; re-harvest the activations or filter those rows")
+    _check_rows_finite(data[::step], torch.arange(0, data.shape[0], step)[: len(data[::step])], "training data")
+
+
+def _check_rows_finite(x: Tensor, rows: Tensor, what: str) -> None:
+    """Raise naming the data rows of ``x`` [b, d] (``rows`` [b]: their indices in the data) that hold NaN or Inf."""
+    bad = ~torch.isfinite(x).all(-1)
+    if bad.any():
+        raise ValueError(f"{what} contains NaN or Inf in data rows {_row_list(rows[bad.cpu()])}; re-harvest the "
+                         "activations or filter those rows")
+
+
+def _row_list(rows: Tensor, n: int = 5) -> str:
+    rows = sorted(rows.tolist())
+    return ", ".join(map(str, rows[:n])) + (f" (and {len(rows) - n} more)" if len(rows) > n else "")
+
+
+class _FiniteCheck:
+    """Every batch the trainer reads and its loss must be finite; a NaN stops training, naming the step and rows.
+
+    The test runs on the device each step and only its verdict is read back: every step on CPU, every
+    ``every`` steps (and before a checkpoint or the end) on a GPU, where reading it back would stall the queue.
+    """
+
+    def __init__(self, device: torch.device, every: int = 16):
+        self.every = 1 if device.type == "cpu" else every
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, step: int, x: Tensor, loss: Tensor) -> None:
+        bad = ~(torch.isfinite(x).all() & torch.isfinite(loss.detach()))
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+
+    def raise_if_bad(self, step: int, rows_of_step, data: Tensor, force: bool = False) -> None:
+        if not force and (step + 1) % self.every:
+            return
+        bad_step = int(self.first_bad)
+        if bad_step < 0:
+            return
+        rows = rows_of_step(bad_step)  # [b] the data rows that step read
+        x = data[rows.to(data.device)].float()
+        bad = ~torch.isfinite(x).all(-1)
+        if bad.any():
+            raise ValueError(f"training data row(s) {_row_list(rows[bad.cpu()])} hold NaN or Inf (read at step "
+                             f"{bad_step}, a batch of data rows {int(rows.min())}..{int(rows.max())}); re-harvest "
+                             "the activations or filter those rows")
+        raise ValueError(f"the loss became NaN or Inf at step {bad_step} though its batch was finite: training "
+                         "diverged; lower lr, or try autocast='off'")
 
 
 def input_scale(data: Tensor, n: int = 100_000) -> float:
     """s such that E‖s·x‖ = √d_in on (up to n rows of) the data."""
     sample = data[:: max(1, data.shape[0] // n)].float()
-    return math.sqrt(data.shape[1]) / sample.norm(dim=-1).mean().item()
+    mean_norm = sample.norm(dim=-1).mean().item()
+    if not math.isfinite(mean_norm) or mean_norm == 0:
+        raise ValueError(f"cannot normalise the training data: the mean row norm of {len(sample):,} sampled rows is "
+                         f"{mean_norm} (all-zero or non-finite data?); check the activations, or pass "
+                         "normalize_inputs=False")
+    return math.sqrt(data.shape[1]) / mean_norm
+
+
+def data_fingerprint(data: Tensor, n_sample: int = 256) -> dict[str, Any]:
+    """What a checkpoint remembers of its data: the shape and a SHA-256 of ``n_sample`` evenly spaced rows."""
+    n = data.shape[0]
+    rows = torch.linspace(0, n - 1, min(n, n_sample)).round().long().unique()
+    sample = data[rows.to(data.device)].float().contiguous().cpu()
+    return {"shape": list(data.shape), "sample_sha256": hashlib.sha256(sample.numpy().tobytes()).hexdigest()}
+
+
+def _load_state(path: Path, device: torch.device, config: "TrainConfig", data_print: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint at ``path``, refused (saying which field differs) if it is not from this run's config and data."""
+    fix = f"delete {path} (or the folder {path.parent}) to start training afresh"
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # EOFError, UnpicklingError, RuntimeError ...: a truncated or foreign file
+        raise ValueError(f"The checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is corrupt or "
+                         f"truncated: {fix}") from err
+    needed = ("config", "step", "scale", "sae", "optimizer", "tokens_since_fired", "history")
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise ValueError(f"The checkpoint {path} is not a train_sae checkpoint (fields missing): {fix}")
+    saved = state["config"]
+    now = config.fingerprint()
+    differ = [f"{key}: checkpoint {saved.get(key)!r}, now {now.get(key)!r}"
+              for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    if differ:
+        raise ValueError(f"The checkpoint {path} is from another training config ({'; '.join(differ)}): {fix}, "
+                         "or point checkpoint_dir elsewhere")
+    saved_data = state.get("data")
+    if saved_data is None:
+        raise ValueError(f"The checkpoint {path} does not record which data it was trained on (an older absae): {fix}")
+    for key, what in (("shape", "data shape"), ("sample_sha256", "data (same shape, different rows)")):
+        if saved_data.get(key) != data_print[key]:
+            raise ValueError(f"The checkpoint {path} was trained on other data ({what}: checkpoint "
+                             f"{saved_data.get(key)}, now {data_print[key]}): {fix}, or point checkpoint_dir elsewhere")
+    return state
 
 
 def geometric_median(x: Tensor, n_iter: int = 50, eps: float = 1e-6) -> Tensor:
@@ -106,14 +257,20 @@ def geometric_median(x: Tensor, n_iter: int = 50, eps: float = 1e-6) -> Tensor:
     return median
 
 
+@lru_cache(maxsize=2)  # the current epoch and the next: a batch may straddle the two
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The row order of one epoch, seeded by (seed, epoch) [n]; drawn once (randperm of 8M rows takes ~0.2 s)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> Tensor:
     """The rows of batch ``step``: a stream of per-epoch permutations, each seeded by (seed, epoch).  [batch_size]."""
     positions = torch.arange(step * batch_size, (step + 1) * batch_size)
     epochs, offsets = positions // n, positions % n
     out = torch.empty(batch_size, dtype=torch.long)
     for epoch in epochs.unique().tolist():
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=generator)
+        perm = epoch_permutation(n, seed, epoch)
         mask = epochs == epoch
         out[mask] = perm[offsets[mask]]
     return out
@@ -134,9 +291,11 @@ def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | 
         return None
     if config.autocast == "bf16":
         return torch.bfloat16
+    if config.autocast == "fp16":
+        return torch.float16
     if config.autocast == "auto":
-        return torch.bfloat16 if compute_dtype(device) == torch.bfloat16 else None
-    raise ValueError(f"autocast must be 'auto', 'bf16' or 'off', got {config.autocast!r}")
+        return autocast_dtype(device)  # bf16 only where native; fp16 (with a gradient scaler) on older GPUs
+    raise ValueError(f"autocast must be 'auto', 'bf16', 'fp16' or 'off', got {config.autocast!r}")
 
 
 class _Forward(NamedTuple):
@@ -194,22 +353,46 @@ def _init_firing_rate_(sae: SAE, rows: Tensor, target_l0: float) -> None:
             sae.threshold.copy_(cut.clamp(min=1e-3))
 
 
+def _eval_samples(data: Tensor, eval_data: Any, config: TrainConfig) -> tuple[Tensor | None, Tensor | None]:
+    """Held-out rows (up to eval_tokens) and as many fixed training rows, or (None, None) when not evaluating."""
+    if eval_data is None and config.eval_every is None:
+        return None, None
+    if eval_data is None or config.eval_every is None:
+        raise ValueError("held-out evaluation needs both train_sae(..., eval_data=rows) and TrainConfig.eval_every = N")
+    if not isinstance(config.eval_every, int) or config.eval_every < 1:
+        raise ValueError(f"eval_every must be a positive int (steps), got {config.eval_every!r}")
+    eval_data = _as_tensor(eval_data)
+    if eval_data.shape[1] != data.shape[1]:
+        raise ValueError(f"eval_data has width {eval_data.shape[1]} but the training data {data.shape[1]}: "
+                         "held-out rows must come from the same hook")
+    m = min(config.eval_tokens, eval_data.shape[0], data.shape[0])
+    # A generator of its own: drawing from torch's global RNG would change the run being measured.
+    generator = torch.Generator().manual_seed(config.seed + 7919)
+    train_rows = data[torch.randperm(data.shape[0], generator=generator)[:m]]
+    return eval_data[:m].float(), train_rows.float()
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written checkpoint
+    # A unique temporary name, then rename: an interrupted save never leaves a half-written checkpoint.
+    with atomic.replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
-def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = None) -> tuple[SAE, list[dict]]:
+def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = None,
+              eval_data: Any = None) -> tuple[SAE, list[dict]]:
     """Train an SAE on ``data`` ([n_tokens, d_in] tensor or an ActivationStore).
 
     Returns the trained SAE (taking raw, unnormalised activations: the input scale is folded into its weights)
     and the metrics history, one dict per ``log_every`` steps (``pandas.DataFrame(history)`` reads it).
+    With ``eval_data`` (held-out rows [m, d_in]) and ``config.eval_every``, every eval_every steps' row also holds
+    heldout_nmse, heldout_nmse_per_token, heldout_l0 and train_sample_nmse (absae_lib.convergence).
     """
     data = _as_tensor(data)
     _check_finite(data)
     n, d_in = data.shape
     device = torch.device(config.device) if config.device else default_device()
+    device = distributed.setup(device) or device  # under torchrun: join the group; cuda -> cuda:LOCAL_RANK
+    distributed.local_rows(torch.empty(config.batch_size))  # fails early if the batch does not split over the ranks
     n_steps = config.n_steps or max(1, n // config.batch_size)
     if config.batch_size > n:
         raise ValueError(f"batch_size {config.batch_size} is larger than the data ({n} rows); lower it or add data")
@@ -219,8 +402,15 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     k_sparse = config.architecture in K_SPARSE
     aux_k = min(config.aux_k or d_in // 2, config.d_sae)
 
-    scale = input_scale(data) if config.normalize_inputs else 1.0
-    init_rows = data[batch_indices(0, min(n, 32_768), n, config.seed)].float().to(device) * scale
+    if config.input_normalization not in ("global", "per_token"):
+        raise ValueError(f"input_normalization must be 'global' or 'per_token', got {config.input_normalization!r}")
+    per_token = config.input_normalization == "per_token"  # then no global scale: each token is rescaled anyway
+    scale = input_scale(data) if config.normalize_inputs and not per_token else 1.0
+    init_indices = batch_indices(0, min(n, 32_768), n, config.seed)
+    init_rows = data[init_indices].float().to(device) * scale
+    _check_rows_finite(init_rows, init_indices, "training data (rows that initialise b_dec)")
+    if per_token:
+        init_rows = init_rows * token_norm_coefficient(init_rows)
     with torch.no_grad():
         if config.b_dec_init == "mean":
             sae.b_dec.copy_(init_rows.mean(0))
@@ -236,25 +426,38 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     start = 0
 
     state_path = Path(config.checkpoint_dir) / STATE_FILENAME if config.checkpoint_dir else None
+    data_print = data_fingerprint(data) if state_path is not None else None
     if state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["config"] != config.fingerprint() or state["data_shape"] != [n, d_in]:
-            raise ValueError(
-                f"{state_path} is a checkpoint from another training config or dataset; "
-                "delete it or point checkpoint_dir elsewhere to start afresh"
-            )
+        state = _load_state(state_path, device, config, data_print)
         sae.load_state_dict(state["sae"])
         optimizer.load_state_dict(state["optimizer"])
         tokens_since_fired = state["tokens_since_fired"].to(device)
         history, start, scale = state["history"], state["step"], state["scale"]
+    distributed.broadcast_parameters_(sae)  # every rank starts from rank 0's weights (the same seed gives them anyway)
 
     amp_dtype = _autocast_dtype(config, device)
+    # fp16's narrow range needs loss scaling; disabled, the scaler passes everything through unchanged.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if start and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    loader = RowLoader(data, device, distributed.local_rows(torch.empty(config.batch_size)).numel())
     fast = k_sparse and config.sparse_step
     workspace = sparse.Workspace()  # the fast path reuses its [B, d_sae] buffers from step to step
+    eval_rows, train_rows = _eval_samples(data, eval_data, config)
+
+    def to_sae_input(rows: Tensor) -> tuple[Tensor, Tensor | float]:  # raw rows -> what the SAE sees, and the factor
+        factor = token_norm_coefficient(rows) if per_token else scale
+        return rows * factor, factor
+
+    finite = _FiniteCheck(device)
+    rows_of_step = lambda step: distributed.local_rows(batch_indices(step, config.batch_size, n, config.seed))  # noqa: E731
     bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc=f"train {config.architecture}",
-               disable=not config.progress)
+               disable=not config.progress or not distributed.is_main())
     for step in bar:
-        x = data[batch_indices(step, config.batch_size, n, config.seed)].to(device, torch.float32) * scale
+        rows = distributed.local_rows(batch_indices(step, config.batch_size, n, config.seed))  # this rank's slice
+        x = loader.rows(rows).to(torch.float32) * scale
+        if per_token:
+            x = x * token_norm_coefficient(x)  # [B, d_in], each row of norm √d_in (the SAE does the same at inference)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, n_steps, config.warmup_steps, config.decay_fraction)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -273,23 +476,29 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
                 aux = out.fast.aux_loss if fast else sparse.auxk_loss(
                     out.pre, dead, (x - out.recon).detach(), sae.W_dec, aux_k, signed=sae.cfg.signed)
                 loss = loss + config.aux_coefficient * aux
+        finite.update(step, x, loss)
+        finite.raise_if_bad(step, rows_of_step, data, force=step == n_steps - 1 or (step + 1) % config.checkpoint_every == 0)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        distributed.average_gradients_(sae.parameters())  # the mean over ranks: the whole batch's gradient
+        scaler.unscale_(optimizer)
         sae.remove_parallel_grad_()
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         sae.normalize_decoder_()
         with torch.no_grad():
-            fired = out.fired_latents()
+            fired = distributed.any_rank_(out.fired_latents())
             tokens_since_fired += config.batch_size
             tokens_since_fired[fired] = 0
             if sae.cfg.architecture == "jumprelu":
                 sae.threshold.clamp_(min=1e-6)
             if sae.cfg.architecture == "batchtopk":
                 # Running mean of the smallest kept activation: the inference threshold (Bussmann et al. 2024).
-                smallest = out.smallest_positive()
+                smallest = distributed.min_over_ranks(out.smallest_positive())
                 sae.threshold.copy_(smallest if step == 0 else 0.99 * sae.threshold + 0.01 * smallest)
 
-        if step % config.log_every == 0 or step == n_steps - 1:
+        evaluate_now = eval_rows is not None and (step % config.eval_every == 0 or step == n_steps - 1)
+        if step % config.log_every == 0 or step == n_steps - 1 or evaluate_now:
             with torch.no_grad():
                 err = (x - out.recon.float()).pow(2).sum()
                 row = {
@@ -305,17 +514,31 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
                     "dead_fraction": (tokens_since_fired >= config.dead_window_tokens).float().mean().item(),
                     "lr": optimizer.param_groups[0]["lr"],
                 }
+            per_rank = {key: value for key, value in row.items() if key not in ("step", "tokens", "lr")}
+            row.update(distributed.mean_over_ranks(per_rank, device))  # one process: unchanged
+            if evaluate_now:  # no_grad, eval mode, no random draws: the trajectory is the same without it
+                row.update(convergence.heldout_row(sae, eval_rows, to_sae_input, config.batch_size))
+                train_side = convergence.heldout_row(sae, train_rows, to_sae_input, config.batch_size, "train_sample_")
+                row["train_sample_nmse"] = train_side["train_sample_nmse"]
             history.append(row)
             bar.set_postfix(nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.2f}")
-        if state_path is not None and ((step + 1) % config.checkpoint_every == 0 or step == n_steps - 1):
+        checkpoint_now = (step + 1) % config.checkpoint_every == 0 or step == n_steps - 1
+        if state_path is not None and distributed.is_main() and checkpoint_now:  # rank 0 alone writes
             state_path.parent.mkdir(parents=True, exist_ok=True)
             _save_state(state_path, {
-                "config": config.fingerprint(), "data_shape": [n, d_in], "step": step + 1, "scale": scale,
+                "config": config.fingerprint(), "data": data_print, "step": step + 1, "scale": scale,
                 "sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
-                "tokens_since_fired": tokens_since_fired, "history": history,
+                "tokens_since_fired": tokens_since_fired, "history": history, "scaler": scaler.state_dict(),
             })
 
+    distributed.barrier()  # the final checkpoint is on disk before any rank returns
     sae.eval()
     sae.fold_input_scale_(scale)
+    if per_token:
+        sae.cfg.normalize_activations = "constant_norm_rescale"  # the SAE now normalises raw tokens itself
+    if config.calibrate_batchtopk and config.architecture == "batchtopk":
+        sae.cfg.metadata["running_threshold"] = sae.threshold[0].item()
+        calibration_rows = data[batch_indices(0, min(n, 8 * config.batch_size), n, config.seed + 1)]
+        calibrate.recalibrate_batchtopk_(sae, calibration_rows, config.batch_size)
     sae.cfg.metadata.update(training=json.loads(json.dumps(config.fingerprint())), n_train_tokens=n_steps * config.batch_size)
     return sae, history

@@ -86,11 +86,13 @@ def latent_card_html(
     after: int = 4,
     lens_n: int = 8,
     title: str | None = None,
+    lens_ids: Tensor | None = None,
 ) -> str:
     """One latent as an HTML card: firing counts, top contexts of each sign, and (with ``model`` and ``sae``) the
     logit-lens tokens of +d and −d (d = ``sae.W_dec[latent]``).
 
     ``sign``: 0 shows both poles, +1 only the positive one, −1 only the negative one.
+    ``lens_ids`` [m]: rank the lens over these token ids only (e.g. ``lens.whole_word_ids``; None: every token).
     """
     if sign not in (0, 1, -1):
         raise ValueError(f"sign must be 0 (both), 1 or -1, got {sign!r}")
@@ -99,7 +101,9 @@ def latent_card_html(
     seqs, pos = positions
     n_pos, n_neg = int(scan.n_positive[latent]), int(scan.n_negative[latent])
     mean_pos, mean_neg = scan.mean_positive[latent].item(), scan.mean_negative[latent].item()
-    lens = logit_lens(model, sae.W_dec[latent], lens_n) if model is not None and sae is not None else None
+    lens = (logit_lens(model, sae.W_dec[latent], lens_n, token_ids=lens_ids)
+            if model is not None and sae is not None else None)
+    lens_what = "whole words" if lens_ids is not None else "tokens"
     both_poles = ((1, POSITIVE_COLOUR, "+d (code > 0)"), (-1, NEGATIVE_COLOUR, "−d (code < 0)"))
     poles = [(s, c, label) for s, c, label in both_poles if sign in (0, s)]
     cells = []
@@ -114,7 +118,7 @@ def latent_card_html(
             lines = ["<div style='color:#777'><i>never fires with this sign on these tokens</i></div>"]
         if lens is not None:
             lines.append(f"<div style='margin-top:4px'><small>logit lens of {label.split()[0]}, "
-                         "tokens it promotes:</small> "
+                         f"{lens_what} it promotes:</small> "
                          f"{_lens_html(lens.positive if s > 0 else lens.negative, colour)}</div>")
         style = f"vertical-align:top;padding:4px 8px;width:{100 // len(poles)}%"
         cells.append(f"<td style='{style}'>{head}{''.join(lines)}</td>")
@@ -143,6 +147,7 @@ def latent_explorer(
     n: int = 8,
     window: int = 12,
     lens_n: int = 8,
+    lens_ids: Tensor | None = None,
 ):
     """An ipywidgets explorer: pick a latent (number box or slider) and a sign; see its top contexts and logit lens.
 
@@ -153,6 +158,7 @@ def latent_explorer(
         tokens, positions: ``store.tokens()`` and ``store.positions()`` for those rows.
         scan: a :func:`absae_lib.features.scan_latents` result for ``sae`` on ``acts`` (saves the pass).
         latent: the latent shown first.
+        lens_ids: token ids the logit lens ranks (e.g. ``lens.whole_word_ids``); None: every token.
 
     Returns:
         an ``ipywidgets.VBox``; display it (it is the cell's last expression).
@@ -177,7 +183,7 @@ def latent_explorer(
 
     def update(_=None) -> None:
         card.value = latent_card_html(box.value, scan, tokens, positions, tokenizer, model=model, sae=sae,
-                                      sign=sign.value, n=n, window=window, lens_n=lens_n)
+                                      sign=sign.value, n=n, window=window, lens_n=lens_n, lens_ids=lens_ids)
 
     box.observe(update, names="value")
     sign.observe(update, names="value")

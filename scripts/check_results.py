@@ -8,11 +8,31 @@ Each check is a claim a chapter makes, with a floor loose enough for the smoke p
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 Check = tuple[str, Callable[[dict[str, Any]], bool]]
+
+
+def _axis_verdict(axis: dict[str, Any]) -> str:
+    """Chapter 5's verdict for one axis, recomputed from the recorded numbers (absae_lib.bidirectional)."""
+    from absae_lib.bidirectional import axis_verdict
+
+    return axis_verdict(axis)
+
+def _moves_both_ways(r: dict[str, Any], axis: dict[str, Any], method: str) -> bool:
+    """Chapter 7's rule, recomputed from the recorded per-prompt shifts (absae_lib.steering.sweeps)."""
+    from absae_lib.steering import mean_interval
+
+    def moved(sign: int) -> bool:
+        return any(min(v * sign for v in mean_interval(axis["prompt_shift"][method][i])) > 0
+                   for i, a in enumerate(r["alphas"])
+                   if a * sign > 0 and axis["perplexity"][method][i] <= r["budget"] * r["base_perplexity"])
+
+    return moved(1) and moved(-1)
+
 
 CHECKS: dict[str, list[Check]] = {
     "01_prox": [
@@ -56,7 +76,26 @@ CHECKS: dict[str, list[Check]] = {
         ("Brown tags align with the cached tokens", lambda r: r["tagged_fraction"] >= 0.9),
         ("AbsTopK needs no more antipodal pairs than TopK",
          lambda r: r["antipodal_pairs_abstopk"] <= r["antipodal_pairs_topk"]),
-        ("three distinct example latents", lambda r: len(set(r["example_latents"])) == 3),
+        ("every labelled axis tested (sentiment, number, tense, gender)", lambda r:
+         {"sentiment", "number", "tense", "gender"} <= set(r["axes"])),
+        ("held-out accuracies are fractions (nan: the latent never fired)", lambda r: all(
+            not a[key] == a[key] or 0 <= a[key] <= 1 for a in r["axes"].values()
+            for key in ("abstopk_sign_accuracy", "abstopk_sign_latent_accuracy", "topk_pair_accuracy"))),
+        ("shuffled-label nulls sit near chance", lambda r: all(
+            0.3 <= a[key]["all_mean"] <= 0.7 for a in r["axes"].values()
+            for key in ("abstopk_sign_null", "abstopk_sign_latent_null"))),
+        ("random-dictionary null at its closed form sqrt(2 ln(2 d_sae) / d)", lambda r: all(
+            abs(a["null_best_cosine"] / (2 * math.log(2 * r["n_latents"]) / r["d_model"]) ** 0.5 - 1) < 0.3
+            for a in r["axes"].values())),
+        ("TopK's pair: one row towards +d, one towards -d", lambda r: all(
+            a["topk_pair_cosines"][0] > 0 > a["topk_pair_cosines"][1] for a in r["axes"].values())),
+        ("each verdict follows from its recorded numbers and nulls", lambda r: all(
+            a["verdict"] == _axis_verdict(a) for a in r["axes"].values())),
+        ("splitting counts cover every latent of each group", lambda r: all(
+            g["two"] + g["plus only"] + g["minus only"] + g["none"] == g["n"]
+            for g in r["splitting"].values() if isinstance(g, dict))),
+        ("antipodal structure beside a random dictionary", lambda r: all(
+            -1 <= c["null"]["median_most_negative"] < 0 for c in r["antipodal_calibration"].values())),
     ],
     "06_probing": [
         ("all five SAEs probed on every task", lambda r: all(
@@ -75,6 +114,16 @@ CHECKS: dict[str, list[Check]] = {
         ("the letter probe reads first letters (> 0.2)", lambda r: r["letter_probe_accuracy"] > 0.2),
         ("absorption rate <= false-negative rate <= 1", lambda r: all(
             0 <= a["absorption_rate"] <= a["false_negative_rate"] <= 1 for a in r["absorption"].values())),
+        ("like-for-like verdicts follow from their paired intervals (tie iff the interval holds 0)", lambda r: all(
+            (c["verdict"] == "tie (within noise)") == (c["low"] <= 0 <= c["high"]) and c["low"] <= c["high"]
+            for by_v in r["like_for_like"].values() for pair in by_v.values() for c in pair.values())),
+        ("every interval holds its accuracy", lambda r: all(
+            iv["low"] - 1e-9 <= iv["accuracy"] <= iv["high"] + 1e-9
+            for t in r["intervals"].values() for key, x in t.items()
+            for iv in ([x] if key in ("dim", "dense") else x.values()))),
+        ("shuffled-label nulls stay near chance (max of the shuffles < 0.8)", lambda r: all(
+            n["max"] < 0.8 for t in r["shuffled_null"].values() for key, x in t.items()
+            for n in ([x] if key in ("dim", "dense") else x.values()))),
     ],
     "06b_removal_and_facts": [
         ("SCR: the oracle genre probe beats the biased one", lambda r: r["scr_acc_oracle"] > r["scr_acc_biased"]),
@@ -85,6 +134,15 @@ CHECKS: dict[str, list[Check]] = {
         ("TPP: DiM ablation is targeted (score > 0)", lambda r: r["tpp_score_dim"] > 0),
         ("TPP scores finite and in [-1, 1]", lambda r: all(
             -1 <= s <= 1 for scores in r["tpp_score"].values() for s in scores.values())),
+        ("SCR and TPP are labelled SAEBench-style on offline substitutes", lambda r: all(
+            "SAEBench-style on offline substitutes" in r[key] for key in ("scr_label", "tpp_label"))),
+        ("TPP: AbsTopK's sign-aware score recorded beside SAEBench's, in [-1, 1]", lambda r: set(
+            r["tpp_score_sign_aware"]) == {"abstopk"} and all(
+            -1 <= s <= 1 for s in r["tpp_score_sign_aware"]["abstopk"].values())),
+        ("RAVEL: an SAE is patched only where it reconstructs the country token (FVU < max_fvu)", lambda r: all(
+            (v in r["ravel_measurable"]) == (f < r["ravel_max_fvu"]) for v, f in r["ravel_country_fvu"].items())
+         and set(r["ravel_not_measurable"]).isdisjoint(r["ravel_measurable"]) and all(
+            set(t["methods"]) <= set(r["ravel_measurable"]) | {"full", "dim"} for t in r["ravel"].values())),
         ("facts: accuracy recorded for capital, continent and language", lambda r: set(r["fact_accuracy"]) ==
          {"capital", "continent", "language"} and all(0 <= a <= 1 for a in r["fact_accuracy"].values())),
         ("facts: tested + skipped attributes cover all three, by the threshold", lambda r:
@@ -110,10 +168,18 @@ CHECKS: dict[str, list[Check]] = {
             r["perplexity"]["dim"][end] > r["perplexity"]["dim"][r["alphas"].index(0.0) + step]
             > 0.99 * r["base_perplexity"] for end, step in ((-1, 1), (0, -1)))),
         ("every method's largest pushes cost perplexity", lambda r: all(
-            min(p[0], p[-1]) > r["base_perplexity"] for p in list(r["perplexity"].values())
-            + list(r["clamp_perplexity"].values()))),
-        ("AbsTopK's single latent moves the judge both ways", lambda r: r["moves_both_ways"]["abstopk-add"]
-         and r["latents"]["abstopk"]["positive"][0] == r["latents"]["abstopk"]["negative"][0]),
+            min(p[0], p[-1]) > r["base_perplexity"] for p in r["perplexity"].values())),
+        ("AbsTopK steers both poles with one latent (sentiment and gender)", lambda r: all(
+            axis["latents"]["abstopk"]["positive"][0] == axis["latents"]["abstopk"]["negative"][0]
+            for axis in (r, r["gender"]))),
+        ("an add hook pushes exactly |α|·n (push_norm); α = 0 pushes nothing", lambda r: all(
+            abs(norm - abs(a) * r["residual_norm"]) <= 1e-3 * max(1.0, abs(a) * r["residual_norm"])
+            for axis in (r, r["gender"]) for m, norms in axis["push_norm"].items() if not m.endswith("clamp")
+            for a, norm in zip(r["alphas"], norms))),
+        ("'moves both ways' follows from the per-prompt shifts: a positive push up, a negative push down "
+         "(95% intervals), within the budget", lambda r: all(
+            axis["moves_both_ways"][m] == _moves_both_ways(r, axis, m)
+            for axis in (r, r["gender"]) for m in axis["moves_both_ways"])),
         ("refusal measured: rates are fractions, harmful base rate included", lambda r:
          "harmful, unsteered" in r["refusal_rate"] and all(0 <= v <= 1 for v in r["refusal_rate"].values())),
         ("generations scored by VADER in [-1, 1]", lambda r: len(r["vader"]) == 7
@@ -121,9 +187,6 @@ CHECKS: dict[str, list[Check]] = {
         ("gender axis: a small DiM push moves the judge with the sign of α", lambda r: all(
             (s > 0) if a > 0 else (s < 0) for a, s in zip(r["alphas"], r["gender"]["logprob_shift"]["dim"])
             if 0 < abs(a) <= 0.2)),
-        ("gender axis: AbsTopK's one latent serves both poles and moves the judge both ways", lambda r:
-         r["gender"]["latents"]["abstopk"]["positive"][0] == r["gender"]["latents"]["abstopk"]["negative"][0]
-         and r["gender"]["moves_both_ways"]["abstopk-add"]),
         ("fact questions: the unsteered model answers every kept one; accuracies are fractions", lambda r:
          0 < r["n_fact_questions"] <= r["n_fact_questions_asked"] and all(
              acc[r["alphas"].index(0.0)] == 1.0 and all(0 <= a <= 1 for a in acc)

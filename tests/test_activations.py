@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -259,3 +260,149 @@ def test_real_model_rows_and_attention_sink(model, cache):
     torch.testing.assert_close(acts, cache_[hook][:, 1:].reshape(-1, 576), rtol=1e-5, atol=1e-4)
     sink = cache_[hook][:, 0].norm(dim=-1).mean()
     assert sink > 20 * acts.norm(dim=-1).mean()  # why position 0 is dropped
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Two processes, one cache (issue 13)
+
+
+def _wait_for(path, timeout):
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _harvest_child(model, tokens, role, sync, out):
+    """One of two processes harvesting the same request, forced into the interleaving that once wiped the cache.
+
+    The old code let the second process, having seen no manifest, recreate the array while the first was half-way:
+    the first then finished and marked complete a cache whose early rows were zeros. Each step below waits (briefly)
+    for the other process to reach its point; with the harvest lock the second never gets there, and the waits
+    time out.
+    """
+    torch.set_num_threads(1)
+    real_forward, real_open = activations._forward_batch, np.lib.format.open_memmap
+    batches = []
+
+    def forward(m, hook, batch, dtype):
+        if batch.shape[1] == 2:  # the width probe, right before the array is created
+            (sync / f"{role}_probing").touch()
+            _wait_for(sync / ("first_is_mid" if role == "second" else "second_probing"), 0.5)
+        result = real_forward(m, hook, batch, dtype)
+        if batch.shape[1] > 2:
+            batches.append(1)
+            if role == "first" and len(batches) == 3:
+                (sync / "first_is_mid").touch()
+                _wait_for(sync / "second_created", 0.5)
+            if role == "second" and len(batches) == 1:
+                time.sleep(0.5)  # the first finishes (and reads its cache) before the second rewrites its rows
+        return result
+
+    def open_memmap(*args, **kwargs):
+        array = real_open(*args, **kwargs)
+        if kwargs.get("mode") == "w+":
+            (sync / f"{role}_created").touch()
+        return array
+
+    activations._forward_batch = forward
+    np.lib.format.open_memmap = open_memmap
+    try:
+        store = get_activations(model, "tiny", HOOK, corpus="random", n_tokens=None, tokens=tokens, batch_size=2,
+                                progress=False)
+        np.save(out / f"{role}.npy", store.tensor().numpy())  # what this process got, read the moment it returned
+        (out / f"{role}.batches").write_text(str(len(batches)))
+    except BaseException as err:
+        (out / f"{role}.error").write_text(repr(err))
+        raise
+
+
+def test_two_processes_harvesting_one_request_agree(tiny, tokens, cache):
+    import multiprocessing
+
+    sync, out = cache / "sync", cache / "out"
+    sync.mkdir()
+    out.mkdir()
+    context = multiprocessing.get_context("fork")  # the child inherits the model: no second import or build
+    children = [context.Process(target=_harvest_child, args=(tiny, tokens, role, sync, out))
+                for role in ("first", "second")]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0, [p.read_text() for p in out.glob("*.error")]
+    want = reference(tiny, tokens)
+    got = {role: torch.from_numpy(np.load(out / f"{role}.npy")) for role in ("first", "second")}
+    for role, rows in got.items():
+        assert rows.shape == want.shape and (rows.abs().sum(-1) > 0).all(), f"{role}: zero rows"
+        torch.testing.assert_close(rows, want, rtol=0, atol=1e-6)
+    assert torch.equal(got["first"], got["second"])
+    # One process harvested, the other waited and read its cache: 19 batches of 2 token rows in all.
+    assert sorted(int((out / f"{r}.batches").read_text()) for r in ("first", "second")) == [0, 19]
+    folder = next((cache / "activations").iterdir())
+    assert json.loads((folder / "manifest.json").read_text())["complete"]
+    assert sorted(p.name for p in folder.iterdir()) == ["activations.npy", "harvest.lock", "manifest.json",
+                                                         "tokens.npy"]
+
+
+def test_broken_manifests_and_arrays_name_the_file(tiny, tokens, cache):
+    kwargs = dict(corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    store = get_activations(tiny, "tiny", HOOK, **kwargs)
+    folder, want = store.folder, store.tensor().clone()
+    manifest_path = folder / "manifest.json"
+    good = manifest_path.read_text()
+    manifest_path.write_text(good[: len(good) // 2])  # a manifest cut short (by hand: ours are written atomically)
+    with pytest.raises(ValueError, match=f"{manifest_path} is not valid JSON.*delete the folder"):
+        ActivationStore(folder)
+    manifest_path.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "n_rows"}))
+    with pytest.raises(ValueError, match=r"manifest .* lacks \['n_rows'\]"):
+        get_activations(None, "tiny", HOOK, **kwargs)
+    manifest_path.write_text(good)
+    array = folder / "activations.npy"
+    array.write_bytes(array.read_bytes()[:-200])  # truncated: it must not read as zeros
+    with pytest.raises(ValueError, match=f"{array} cannot be read"):
+        ActivationStore(folder)
+    array.unlink()
+    with pytest.raises(ValueError, match="activations.npy cannot be read"):
+        ActivationStore(folder)
+    del want
+
+
+def test_partial_array_truncated_below_n_done_is_harvested_again(tiny, tokens, cache, monkeypatch):
+    kwargs = dict(corpus="random", n_tokens=None, tokens=tokens, batch_size=4, progress=False)
+    real_forward = activations._forward_batch
+    calls = []
+
+    def crash_on_fourth(model, hook, batch, dtype):
+        calls.append(batch.shape[1] == 12)
+        if sum(calls) == 4:
+            raise KeyboardInterrupt
+        return real_forward(model, hook, batch, dtype)
+
+    monkeypatch.setattr(activations, "_forward_batch", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        get_activations(tiny, "tiny", HOOK, **kwargs)
+    monkeypatch.setattr(activations, "_forward_batch", real_forward)
+    folder = next((cache / "activations").iterdir())
+    partial = folder / "activations.partial.npy"
+    assert partial.exists() and not (folder / "activations.npy").exists()  # nothing published yet
+    partial.write_bytes(partial.read_bytes()[:500])  # rows the manifest counts as done are gone
+    store = get_activations(tiny, "tiny", HOOK, **kwargs)
+    assert torch.equal(store.tensor(), harvest(tiny, HOOK, tokens, batch_size=4, progress=False))
+
+
+def test_kill_between_publishing_the_array_and_the_manifest_resumes(tiny, tokens, cache, monkeypatch):
+    kwargs = dict(corpus="random", n_tokens=None, tokens=tokens, progress=False)
+    real_write = activations._write_manifest
+
+    def die_on_complete(folder, manifest):
+        if manifest["complete"]:
+            raise KeyboardInterrupt  # the array is renamed into place; the manifest never says so
+        real_write(folder, manifest)
+
+    monkeypatch.setattr(activations, "_write_manifest", die_on_complete)
+    with pytest.raises(KeyboardInterrupt):
+        get_activations(tiny, "tiny", HOOK, **kwargs)
+    monkeypatch.setattr(activations, "_write_manifest", real_write)
+    monkeypatch.setattr(activations, "_forward_batch", lambda *a: pytest.fail("nothing is left to harvest"))
+    store = get_activations(tiny, "tiny", HOOK, **kwargs)
+    torch.testing.assert_close(store.tensor(), reference(tiny, tokens), rtol=0, atol=1e-6)

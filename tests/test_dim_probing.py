@@ -251,3 +251,12 @@ def test_probe_task_finds_the_planted_axis():
     assert set(split["latents"]) == {3, 9} and split["single"]["latent"] in (3, 9)
     assert split["dim"]["max_latent"] == 3 and split["dim"]["min_latent"] == 9 and split["dim"]["pair_cosine"] > 0.95
     assert all(0 < v["nmse"] for v in result["variants"].values())
+    # Like for like, with intervals and a null: the one signed latent and the one DiM direction both hold the axis.
+    assert signed["like_for_like"]["single_vs_dim"]["verdict"] == "tie (within noise)"
+    iv = signed["intervals"]["single"]
+    assert iv["low"] <= signed["single"]["accuracy"] <= iv["high"] < 1.0 + 1e-9
+    assert signed["null"]["single"]["max"] < 0.75 < signed["single"]["accuracy"]  # shuffled labels: near chance
+    assert result["null"]["dim"]["max"] < 0.75 and result["null"]["dense"]["max"] < 0.75
+    assert result["k_max"] == 2 and set(signed["sparse_correct"]) == {1, 2}
+    assert signed["like_for_like"]["sparse_kmax_vs_dense"]["verdict"] in (
+        "tie (within noise)", "abstopk better", "dense probe better")

@@ -309,6 +309,12 @@ def test_card_table_and_explorer_build():
     assert frame["− context"].iloc[2] == ""  # only two negative firings
     card = widgets.latent_card_html(LATENT, scan, tokens, positions, WordTokenizer(), model=model, sae=sae)
     assert "Latent 3" in card and "+5.00" in card and "-6.00" in card and "logit lens" in card
+    # With lens_ids the lens ranks only those tokens: the card lists no other token.
+    allowed = torch.tensor([3, 11])
+    restricted = widgets.latent_card_html(LATENT, scan, tokens, positions, WordTokenizer(), model=model, sae=sae,
+                                          lens_ids=allowed, lens_n=5)
+    lens_part = restricted.split("whole words it promotes")[1]
+    assert "t3" in lens_part and "t11" in lens_part and " t4<" not in lens_part and ">t4<" not in lens_part
     only_positive = widgets.latent_card_html(LATENT, scan, tokens, positions, WordTokenizer(), sign=1)
     assert "+5.00" in only_positive and "-6.00" not in only_positive
     ui = widgets.latent_explorer(sae, model, x, tokens, positions, scan=scan, latent=LATENT)

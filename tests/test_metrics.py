@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from absae_lib import SAE
+from absae_lib import SAE, metrics
 from absae_lib.metrics import (
     dead_fraction,
     dense_fraction,
@@ -110,6 +110,7 @@ def one_shot(sae, x, dense_threshold=0.1):
         "dead_fraction": dead_fraction(out.codes),
         "dense_fraction": dense_fraction(out.codes, dense_threshold),
         "fraction_negative": fraction_negative(out.codes),
+        "nmse_per_token": metrics.nmse_per_token(x, out.recon),
         "n_tokens": x.shape[0],
     }, out.codes
 

@@ -139,7 +139,13 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_convert_gguf", interrupted)
     with pytest.raises(KeyboardInterrupt):
         embedded_model_folder()
-    assert list((tmp_path / "models").iterdir()) == []  # neither a half cache nor a temp folder is left
+    # neither a half cache nor a temp folder is left (only the lock file, which the kernel has released)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["smollm2-135m-instruct.lock"]
+
+    # A conversion killed outright (SIGKILL: no finally) leaves its temporary folder; the next run removes it.
+    stale = tmp_path / "models" / ".smollm2-135m-instruct.tmp-999-abc"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
 
     def complete(gguf, out_dir):
         calls.append(out_dir)
@@ -150,6 +156,7 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path, monkeypatch):
     folder = embedded_model_folder()
     assert folder == tmp_path / "models" / "smollm2-135m-instruct"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert not stale.exists()
     assert embedded_model_folder() == folder and len(calls) == 2  # the third call found the cache
 
 

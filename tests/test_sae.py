@@ -144,3 +144,110 @@ def test_sae_lens_reads_our_folders(architecture, tmp_path):
     with torch.no_grad():
         assert torch.allclose(theirs.encode(x), sae.encode(x), atol=1e-6)
         assert torch.allclose(theirs(x), sae(x).recon, atol=1e-6)
+
+
+# --- safe saves and loads that check what they read (issue 13) ----------------------------------------------------------
+
+
+def _same_sae(a, b):
+    return a.cfg == b.cfg and all(torch.equal(t, b.state_dict()[name]) for name, t in a.state_dict().items())
+
+
+def _save_forever(folder, saes):
+    i = 0
+    while True:  # until the parent's SIGKILL
+        saes[i % 2].save(folder, overwrite=True)
+        i += 1
+
+
+def test_sigkill_during_save_leaves_the_old_sae_or_the_new_one(tmp_path):
+    import multiprocessing
+    import os
+    import random
+    import signal
+    import time
+
+    # Same tensor shapes, different SAEs: a TopK k=4 and an AbsTopK k=8 (the pair the old two-step save mixed up).
+    old, new = make("topk"), SAE(D_IN, D_SAE, "abstopk", k=8)
+    folder = tmp_path / "sae"
+    old.save(folder)
+    context = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    for trial in range(8):
+        child = context.Process(target=_save_forever, args=(folder, (new, old)))
+        child.start()
+        time.sleep(rng.uniform(0.03, 0.15))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        loaded = SAE.load(folder)
+        assert _same_sae(loaded, old) or _same_sae(loaded, new), trial
+        assert not list(folder.glob(".save.tmp-*"))  # the cut-short save was finished or dropped by load
+    # A save that completes after all that is read back exactly.
+    new.save(folder, overwrite=True)
+    assert _same_sae(SAE.load(folder), new)
+
+
+def test_save_refuses_to_overwrite_an_sae_but_not_other_files(tmp_path):
+    folder = tmp_path / "sae"
+    (folder / "checkpoint").mkdir(parents=True)  # what pipeline.sae_with_history saves beside
+    make("topk").save(folder)
+    with pytest.raises(FileExistsError, match="already holds a saved SAE.*overwrite=True"):
+        make("abstopk").save(folder)
+    assert SAE.load(folder).cfg.architecture == "topk"
+    make("abstopk").save(folder, overwrite=True)
+    assert SAE.load(folder).cfg.architecture == "abstopk" and (folder / "checkpoint").is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == [".sae.lock", "cfg.json", "checkpoint", "sae_weights.safetensors"]
+
+
+@pytest.mark.parametrize("saved, claimed", [("topk", "abstopk"), ("abstopk", "topk"), ("standard", "topk"),
+                                             ("batchtopk", "jumprelu")])
+def test_cfg_beside_weights_of_another_architecture_is_refused(tmp_path, saved, claimed):
+    # The tensors have the same names and shapes: only the weights' own metadata can tell.
+    make(saved).save(tmp_path / "a")
+    make(claimed).save(tmp_path / "b")
+    (tmp_path / "a/cfg.json").write_text((tmp_path / "b/cfg.json").read_text())
+    with pytest.raises(ValueError, match=r"cfg\.json and .*sae_weights\.safetensors describe different SAEs"):
+        SAE.load(tmp_path / "a")
+
+
+def test_cfg_from_another_save_of_the_same_kind_is_refused(tmp_path):
+    make("topk", seed=0).save(tmp_path / "a")
+    make("topk", seed=1).save(tmp_path / "b")
+    (tmp_path / "a/cfg.json").write_text((tmp_path / "b/cfg.json").read_text())
+    with pytest.raises(ValueError, match="two different saves"):
+        SAE.load(tmp_path / "a")
+
+
+def test_broken_cfg_errors_name_the_file(tmp_path):
+    make("topk").save(tmp_path / "a")
+    cfg_path = tmp_path / "a/cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    for broken, message in [({k: v for k, v in cfg.items() if k != "d_in"}, "lacks d_in"),
+                            ({**cfg, "metadata": 3}, "metadata must be a JSON object"),
+                            ([1, 2], "must hold a JSON object")]:
+        cfg_path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=message) as err:
+            SAE.load(tmp_path / "a")
+        assert str(cfg_path) in str(err.value)
+    cfg_path.write_text(json.dumps({**cfg, "metadata": None}))  # SAELens's "no metadata"
+    assert SAE.load(tmp_path / "a").cfg.metadata == {}
+    cfg_path.write_text('{"d_in": 12,')
+    with pytest.raises(ValueError, match="not valid JSON") as err:
+        SAE.load(tmp_path / "a")
+    assert str(cfg_path) in str(err.value)
+
+
+def test_encode_takes_numpy_and_refuses_scalars():
+    import numpy as np
+
+    sae = make("abstopk").eval()
+    x = torch.randn(5, D_IN)
+    assert torch.equal(sae.encode(x.numpy()), sae.encode(x))
+    assert torch.equal(sae(x.numpy()).recon, sae(x).recon)
+    assert sae.encode(x[0]).shape == (D_SAE,)  # one token [d_in] is fine
+    with pytest.raises(ValueError, match="0-D tensor"):
+        sae.encode(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="must be a tensor"):
+        sae.encode("not an array")
+    with pytest.raises(ValueError, match="last dimension 12"):
+        sae.encode(np.ones(3, dtype=np.float32))

@@ -71,7 +71,39 @@ def test_normalized_score_closed_form():
     assert saebench.normalized_score(0.9, 0.6, 0.9) == pytest.approx(1.0)
     assert saebench.normalized_score(0.6, 0.6, 0.9) == pytest.approx(0.0)
     assert saebench.normalized_score(0.75, 0.6, 0.9) == pytest.approx(0.5)
-    assert math.isnan(saebench.normalized_score(0.7, 0.8, 0.8))  # nothing to recover
+    # SAEBench's rule: no gap to recover (< 0.001) scores 0, not NaN.
+    assert saebench.normalized_score(0.7, 0.8, 0.8) == 0.0
+    assert saebench.normalized_score(0.7, 0.8, 0.8005) == 0.0
+
+
+def test_probe_weight_is_the_gradient_of_the_fitted_logit():
+    """SAEBench dots decoder rows with a raw-space probe weight; ours standardise first, so the weight is coef/scale."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g) * torch.tensor([0.1, 1.0, 10.0, 3.0, 0.5])
+    y = (x[:, 2] + 20 * x[:, 0] > 0).long()
+    probe = saebench.fit_probe(x, y)
+    w = saebench.probe_weight(probe)
+    a, b = x[:50].numpy(), x[50:100].numpy()
+    gap = probe.decision_function(a) - probe.decision_function(b)
+    assert np.allclose(gap, ((x[:50] - x[50:100]) @ w).numpy(), atol=1e-4)
+
+
+def test_probe_attribution_closed_form_and_tpp_clamp():
+    """Latent 0 marks label 1 with its positive pole, latent 1 with its negative pole (a signed latent)."""
+    codes = torch.tensor([[2.0, -3.0, 0.0], [2.0, -3.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([1, 1, 0, 0])  # mean_diff = [2, −3, 0]
+    W_dec = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    w = torch.tensor([0.5, -2.0])  # dots: [0.5, −2, −1.5]
+    scr = saebench.probe_attribution(codes, labels, W_dec, w, "scr")
+    assert torch.allclose(scr, torch.tensor([1.0, 6.0, 0.0]))
+    tpp = saebench.probe_attribution(codes, labels, W_dec, w, "tpp")
+    assert torch.allclose(tpp, torch.tensor([1.0, 0.0, 0.0]))  # the clamp drops the negative pole
+    signed = saebench.probe_attribution(codes, labels, W_dec, w, "tpp_sign_aware")
+    assert torch.allclose(signed, torch.tensor([1.0, 6.0, 0.0]))  # (−3)·(−2): it pushes the probe to label 1
+    assert saebench.top_latents(signed, 5) == [1, 0]  # only non-zero effects, as SAEBench
+    assert saebench.top_latents(tpp, 5) == [0]
+    with pytest.raises(ValueError, match="mode"):
+        saebench.probe_attribution(codes, labels, W_dec, w, "abs")
 
 
 def scr_data(n: int, seed: int, biased: bool):
@@ -86,15 +118,20 @@ def scr_data(n: int, seed: int, biased: bool):
 
 
 def test_scr_ablating_the_spurious_latent_recovers_the_oracle():
-    sae = identity_sae(4)
+    saes = {"id": identity_sae(4)}
     xb, ab, _ = scr_data(400, 0, biased=True)
     xs, as_, bs = scr_data(400, 1, biased=False)
-    xt, at, _ = scr_data(400, 2, biased=False)
-    out = saebench.scr({"id": sae}, (xb, ab), (xs, as_, bs), (xt, at), ns=(1, 2))
+    xt, at, bt = scr_data(400, 2, biased=False)
+    pooled = {name: saebench.pooled_from_acts(saes, x) for name, x in (("b", xb), ("s", xs), ("t", xt))}
+    out = saebench.scr(saes, (pooled["b"], ab), (pooled["s"], as_, bs), (pooled["t"], at, bt), ns=(1, 2))
     assert out["acc_oracle"] > out["acc_biased"] + 0.1  # the biased probe leans on B
-    assert out["variants"]["id"]["latents"][0] == 1  # B's latent is found on the balanced set
+    assert out["chosen"] == "A"  # it is worse on A than on B, so SAEBench reports "ablate B, score A"
+    assert out["directions"]["B"]["acc_biased"] > out["acc_biased"]
+    assert out["variants"]["id"]["latents"][0] == 1  # B's latent ranks first by probe attribution
+    assert out["directions"]["B"]["variants"]["id"]["latents"][0] == 0  # the other way: A's latent
     assert out["variants"]["id"]["score"][1] > 0.8
     assert out["score_dim"] > 0.8  # B's DiM direction is coordinate 1 too
+    assert "SAEBench-style on offline substitutes" in out["label"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,27 +149,67 @@ def test_tpp_score_closed_form():
         saebench.tpp_score(np.zeros((1, 1)))
 
 
-def test_tpp_one_latent_per_concept_is_targeted():
-    """Concept c lives on coordinate c only: ablating its latent breaks probe c and leaves the other probe alone."""
+def tpp_tasks(sign: float = 1.0):
+    """Concept c lives on coordinate c only (label 1 at +1 for c0; at ``sign`` for c1)."""
     g = torch.Generator().manual_seed(0)
 
     def task(c: int, n: int):
         y = torch.arange(n) % 2
         x = torch.randn(n, 3, generator=g) * 0.2
-        x[:, c] += 2.0 * y - 1
+        x[:, c] += (sign if c == 1 else 1.0) * (2.0 * y - 1)
         return x, y
 
-    tasks = {}
-    for c in (0, 1):
-        (xtr, ytr), (xte, yte) = task(c, 200), task(c, 200)
-        tasks[f"c{c}"] = (xtr, ytr, xte, yte)
-    out = saebench.tpp({"id": identity_sae(3)}, tasks, ns=(1,))
+    return {f"c{c}": (*task(c, 200), *task(c, 200)) for c in (0, 1)}
+
+
+def test_tpp_one_latent_per_concept_is_targeted():
+    """Ablating concept c's latent breaks probe c and leaves the other probe alone."""
+    saes = {"id": identity_sae(3)}
+    tasks = {c: (saebench.pooled_from_acts(saes, xtr), ytr, saebench.pooled_from_acts(saes, xte), yte)
+             for c, (xtr, ytr, xte, yte) in tpp_tasks().items()}
+    out = saebench.tpp(saes, tasks, ns=(1,))
     assert all(a > 0.95 for a in out["acc"].values())
     drops = np.array(out["variants"]["id"]["drops"][1])
     assert drops[0, 0] > 0.3 and drops[1, 1] > 0.3
     assert abs(drops[0, 1]) < 0.05 and abs(drops[1, 0]) < 0.05
     assert out["variants"]["id"]["score"][1] > 0.3
     assert out["dim"]["score"] > 0.3
+
+
+def test_tpp_clamp_misses_a_negative_pole_that_the_sign_aware_ranking_finds():
+    """Concept c1's label 1 sits at −1 on coordinate 1: a signed latent marks it with its negative pole. SAEBench's
+    clamp(mean_diff, 0) gives it no effect, so TPP ablates nothing there; the sign-aware ranking ablates it."""
+    saes = {"id": identity_sae(3)}
+    tasks = {c: (saebench.pooled_from_acts(saes, xtr), ytr, saebench.pooled_from_acts(saes, xte), yte)
+             for c, (xtr, ytr, xte, yte) in tpp_tasks(sign=-1.0).items()}
+    res = saebench.tpp(saes, tasks, ns=(1,))["variants"]["id"]
+    assert 1 not in res["latents"]["c1"]  # clamped away
+    assert res["latents_sign_aware"]["c1"][0] == 1
+    assert res["drops"][1][1][1] < 0.05 < 0.3 < res["drops_sign_aware"][1][1][1]
+    assert res["score_sign_aware"][1] > res["score"][1] + 0.2
+
+
+def test_pooled_features_mean_over_tokens_after_the_first(model):
+    """Pooled acts and codes equal the per-token mean (token 0 skipped) computed on each text alone: padding in the
+    batch leaks nothing, and pooling codes then ablating equals ablating per token then pooling."""
+    from absae_lib.concepts import token_ids
+
+    texts = ["The cat sat on the mat today.", "Rain.", "A much longer sentence, with commas, clauses and more words."]
+    torch.manual_seed(0)
+    sae = SAE(model.cfg.d_model, 64, "abstopk", k=8).eval()
+    hook = "blocks.3.hook_resid_post"
+    pooled = saebench.pooled_features(model, texts, hook, {"a": sae}, batch_size=3)
+    for i, text in enumerate(texts):
+        ids = torch.tensor([token_ids(model.tokenizer, [text])[0]])
+        _, cache = model.run_with_cache(ids, names_filter=hook, stop_at_layer=4)
+        x = cache[hook][0, 1:].float()
+        assert torch.allclose(pooled.acts[i], x.mean(0), atol=1e-4)
+        z = sae.encode(x).detach()
+        assert torch.allclose(pooled.codes["a"][i], z.mean(0), atol=1e-4)
+        L = [0, 5, 9]
+        per_token = (x - z[:, L] @ sae.W_dec.detach()[L]).mean(0)
+        pooled_first = pooled.acts[i] - saebench.latent_contribution(pooled.codes["a"][i:i + 1], sae.W_dec, L)[0]
+        assert torch.allclose(per_token, pooled_first, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,3 +291,31 @@ def test_ravel_pairs_differ_on_both_attributes():
     pairs = saebench.ravel_pairs(range(len(facts)), facts, "capital", "continent", max_pairs=50, seed=0)
     assert len(pairs) == 50 and len(set(pairs)) == 50
     assert all(facts[a][1] != facts[b][1] and facts[a][2] != facts[b][2] for a, b in pairs)
+
+
+def fake_known(d: int = 4, n: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return {a: {"acts": torch.randn(n, d, generator=g), "correct": [True] * n} for a in saebench.ATTRIBUTES}
+
+
+def test_ravel_skips_with_a_reason_when_no_fact_is_known():
+    """Issue 12: with no attribute above fact_min_accuracy, RAVEL crashed in torch.cat; now it says why it skipped."""
+    from types import SimpleNamespace
+
+    out = saebench.ravel(SimpleNamespace(tokenizer=None), "blocks.0.hook_resid_post", {"id": identity_sae(4)},
+                         fake_known(), attributes=[])
+    assert out["targets"] == {} and "no attribute" in out["skipped"]
+    one = saebench.ravel(SimpleNamespace(tokenizer=None), "blocks.0.hook_resid_post", {"id": identity_sae(4)},
+                         fake_known(), attributes=["capital"])
+    assert "isolation needs a second" in one["skipped"]
+
+
+def test_ravel_gates_saes_that_do_not_reconstruct_the_country_token():
+    from types import SimpleNamespace
+
+    known = fake_known()
+    saes = {"id": identity_sae(4), "random": random_sae(d=4, d_sae=6, k=1)}
+    fvu = saebench.country_token_fvu(saes, known, saebench.ATTRIBUTES)
+    assert fvu["id"] < 1e-6 and fvu["random"] > 0.5
+    out = saebench.ravel(SimpleNamespace(tokenizer=None), "blocks.0.hook_resid_post", saes, known, attributes=[])
+    assert list(out["not_measurable"]) == ["random"] and "FVU" in out["not_measurable"]["random"]

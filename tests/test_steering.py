@@ -83,13 +83,19 @@ def test_steering_hook_alpha_zero_leaves_logits_unchanged(tiny):
 def test_steering_hook_positions():
     x = torch.randn(2, 6, 4)
     d = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    torch.testing.assert_close(steering_hook(d, 2.0)(x) - x, (2.0 * d).expand(2, 6, 4))
+    moved = steering_hook(d, 2.0)(x)
+    # position 0 (the attention sink) is never pushed; every other position is
+    assert torch.equal(moved[:, 0], x[:, 0])
+    torch.testing.assert_close(moved[:, 1:] - x[:, 1:], (2.0 * d).expand(2, 5, 4))
+    assert torch.equal(steering_hook(d, 2.0, slice(0, 2))(x)[:, 0], x[:, 0])
+    assert torch.equal(steering_hook(d, 2.0, slice(0, 1))(x), x)  # only position 0 asked for: nothing to do
     last = steering_hook(d, 2.0, "last")(x)
     assert torch.equal(last[:, :-1], x[:, :-1]) and torch.allclose(last[:, -1] - x[:, -1], 2.0 * d.expand(2, 4))
     sliced = steering_hook(d, 2.0, slice(1, 3))(x)
     assert torch.equal(sliced[:, [0, 3, 4, 5]], x[:, [0, 3, 4, 5]]) and not torch.equal(sliced[:, 1:3], x[:, 1:3])
-    one = torch.randn(2, 1, 4)  # a cached generation step: a slice of the prompt does not touch it
+    one = torch.randn(2, 1, 4)  # a cached generation step: a slice of the prompt does not touch it, "all" does
     assert torch.equal(steering_hook(d, 2.0, slice(1, 3))(one), one)
+    torch.testing.assert_close(steering_hook(d, 2.0)(one) - one, (2.0 * d).expand(2, 1, 4))
     with pytest.raises(ValueError, match="positions"):
         steering_hook(d, 1.0, "first")
 
@@ -105,15 +111,53 @@ def test_clamp_latent_hook_changes_only_that_latent():
     z = sae.encode(x)
     z_clamped = z.clone()
     z_clamped[..., latent] = value
-    # decode(z') − decode(z) = (c − z_i)·d_i, and that is all that was added (the SAE error x − x̂ is kept).
-    torch.testing.assert_close(out - x, sae.decode(z_clamped) - sae.decode(z), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out - x, (value - z[..., latent]).unsqueeze(-1) * sae.W_dec[latent], rtol=1e-5,
+    # decode(z') − decode(z) = (c − z_i)·d_i, and that is all that was added (the SAE error x − x̂ is kept);
+    # position 0 is left alone.
+    assert torch.equal(out[:, 0], x[:, 0])
+    torch.testing.assert_close((out - x)[:, 1:], (sae.decode(z_clamped) - sae.decode(z))[:, 1:], rtol=1e-5,
                                atol=1e-5)
+    torch.testing.assert_close((out - x)[:, 1:], ((value - z[..., latent]).unsqueeze(-1) * sae.W_dec[latent])[:, 1:],
+                               rtol=1e-5, atol=1e-5)
     # Only positions selected are touched.
     last = clamp_latent_hook(sae, latent, value, "last")(x)
     assert torch.equal(last[:, :-1], x[:, :-1])
     with pytest.raises(ValueError, match="latent"):
         clamp_latent_hook(sae, 64, 1.0)
+
+
+def test_clamp_latent_hook_computes_on_the_saes_device_and_dtype():
+    torch.manual_seed(0)
+    sae = SAE(32, 64, "abstopk", k=6).double()  # another dtype stands in for another device
+    x = torch.randn(2, 5, 32)
+    out = clamp_latent_hook(sae, 9, 2.0)(x)
+    assert out.dtype == x.dtype and out.device == x.device
+    z = sae.encode(x.double())[..., 9]
+    expected = ((2.0 - z).unsqueeze(-1) * sae.W_dec[9]).float()
+    torch.testing.assert_close((out - x)[:, 1:], expected[:, 1:], rtol=1e-5, atol=1e-5)
+    # An SAE on the meta device: the hook sends x there and only fails copying the (data-less) result back,
+    # not with a device mismatch inside the SAE.
+    with pytest.raises(NotImplementedError, match="meta"):
+        clamp_latent_hook(SAE(32, 64, "abstopk", k=6).to("meta"), 9, 2.0)(x)
+
+
+def test_push_norm_measures_what_a_hook_adds():
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 32)
+    d = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    lengths = torch.tensor([6, 4, 2])
+    assert steering.push_norm(steering_hook(d, 3.0), x, lengths) == pytest.approx(3.0)
+    # A clamp adds (c − z_i)·D_i: where the latent already fires with the other sign it pushes further than c·‖D_i‖.
+    sae = SAE(32, 64, "abstopk", k=8)
+    latent = int(sae.encode(x[0, 1]).abs().argmax())
+    z = sae.encode(x)[..., latent]
+    c = 1.0 if z[0, 1] < 0 else -1.0
+    hook = clamp_latent_hook(sae, latent, c)
+    keep = (torch.arange(6)[None, :] >= 1) & (torch.arange(6)[None, :] < lengths[:, None])
+    expected = ((c - z).abs() * sae.W_dec[latent].norm())[keep].mean().item()
+    assert steering.push_norm(hook, x, lengths) == pytest.approx(expected, rel=1e-5)
+    assert steering.push_norm(hook, x, lengths) > abs(c) * sae.W_dec[latent].norm().item() * 0.99
+    with pytest.raises(ValueError, match="two tokens"):
+        steering.push_norm(hook, x[:, :1], torch.ones(3, dtype=torch.long))
 
 
 # --- generation -----------------------------------------------------------------------------------------------------
@@ -130,11 +174,13 @@ def test_generate_steered_applies_to_prompt_and_new_tokens(tiny):
     assert len(clean) == 3 and all(isinstance(t, str) for t in clean)
     hooked = generate_steered(tiny, PROMPTS, HOOK, recording, max_new_tokens=4, batch_size=3, progress=False)
     assert hooked == clean  # an identity hook changes nothing
-    n_prompt = tiny.to_tokens(PROMPTS, prepend_bos=False, padding_side="left").shape[1]
-    assert seen[0] == n_prompt and seen[1:] == [1] * (len(seen) - 1) and len(seen) >= 2  # KV cache: one token a step
+    # Prompts of different lengths go in separate, unpadded batches (position 0 is every row's first token);
+    # with a KV cache each later pass is one token.
+    lengths = sorted({tiny.to_tokens(p, prepend_bos=False).shape[1] for p in PROMPTS})
+    assert sorted(n for n in seen if n > 1) == lengths and seen.count(1) >= len(lengths)
     assert generate_steered(tiny, PROMPTS, HOOK, steering_hook(torch.randn(32), 0.0), max_new_tokens=4,
                             progress=False) == clean
-    # Batched (left-padded) greedy generation gives what one prompt at a time gives.
+    # Batched greedy generation gives what one prompt at a time gives.
     assert generate_steered(tiny, PROMPTS, max_new_tokens=4, batch_size=1, progress=False) == clean
     sampled = [generate_steered(tiny, PROMPTS[:1], max_new_tokens=6, temperature=1.0, seed=s, progress=False)
                for s in (0, 0, 1)]
@@ -216,8 +262,9 @@ def test_stacked_hooks_give_each_group_its_hook():
     d = torch.ones(4)
     out = stacked_hooks([None, steering_hook(d, 1.0), steering_hook(d, -2.0)], group_size=2)(x)
     torch.testing.assert_close(out[:2], x[:2])
-    torch.testing.assert_close(out[2:4], x[2:4] + 1.0)
-    torch.testing.assert_close(out[4:], x[4:] - 2.0)
+    torch.testing.assert_close(out[2:4, 1:], x[2:4, 1:] + 1.0)
+    torch.testing.assert_close(out[4:, 1:], x[4:, 1:] - 2.0)
+    torch.testing.assert_close(out[:, 0], x[:, 0])
     with pytest.raises(ValueError, match="rows"):
         stacked_hooks([None, None], group_size=2)(x)
     assert identity_hook(x) is x
@@ -300,12 +347,13 @@ def test_axis_hook_add_and_clamp():
     poles = Poles((7, 1), (20, 1), (1.0, -1.0))
     x = torch.randn(2, 5, 32)
     unit = lambda i: sae.W_dec[i] / sae.W_dec[i].norm()  # noqa: E731
-    torch.testing.assert_close(axis_hook(sae, poles, 0.5, 10.0)(x) - x, (5.0 * unit(7)).expand_as(x))
-    torch.testing.assert_close(axis_hook(sae, poles, -0.5, 10.0)(x) - x, (5.0 * unit(20)).expand_as(x))
+    rest = x[:, 1:]  # position 0 is never pushed
+    torch.testing.assert_close(axis_hook(sae, poles, 0.5, 10.0)(x)[:, 1:] - rest, (5.0 * unit(7)).expand_as(rest))
+    torch.testing.assert_close(axis_hook(sae, poles, -0.5, 10.0)(x)[:, 1:] - rest, (5.0 * unit(20)).expand_as(rest))
     assert axis_hook(sae, poles, 0.0, 10.0) is identity_hook
     # Clamping adds the same vector where the latent is silent.
     z = sae.encode(x)
-    silent = z[..., 7] == 0
+    silent = (z[..., 7] == 0) & (torch.arange(5) >= 1)
     clamped = axis_hook(sae, poles, 0.5, 10.0, mode="clamp")(x)
     torch.testing.assert_close((clamped - x)[silent], (5.0 * unit(7)).expand(int(silent.sum()), 32), rtol=1e-4,
                                atol=1e-4)
@@ -313,9 +361,9 @@ def test_axis_hook_add_and_clamp():
     signed = SAE(32, 64, "abstopk", k=4)
     hook = axis_hook(signed, Poles((3, -1), (3, 1), (-1.0, -1.0)), 0.5, 10.0, mode="clamp")
     row = signed.W_dec[3]
-    added = hook(x) - x  # (c − z_3)·row, so c = added·row/‖row‖² + z_3
-    code = added @ row / row.norm() ** 2 + signed.encode(x)[..., 3]
-    torch.testing.assert_close(code, torch.full((2, 5), -5.0 / row.norm().item()), rtol=1e-4, atol=1e-4)
+    added = (hook(x) - x)[:, 1:]  # (c − z_3)·row, so c = added·row/‖row‖² + z_3
+    code = added @ row / row.norm() ** 2 + signed.encode(x)[:, 1:, 3]
+    torch.testing.assert_close(code, torch.full((2, 4), -5.0 / row.norm().item()), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="mode"):
         axis_hook(sae, poles, 1.0, 1.0, mode="scale")
 
@@ -394,15 +442,84 @@ def test_sweep_axis_matches_direct_scores(tiny):
         mc.accuracy(choice_prefix.next_token_logprobs(steering_hook(direction, -2.0))))
     assert sweep.base_accuracy == pytest.approx(mc.accuracy(choice_prefix.next_token_logprobs()))
     assert sweep.clean_margin == pytest.approx(clean.mean().item())
+    # each direction is judged by the α of its own sign only
     best = sweep.within_budget("dir", budget=float("inf"))
-    assert best == {"towards positive": max(sweep.shift["dir"]), "towards negative": min(sweep.shift["dir"])}
-    # a budget below the unsteered perplexity admits nothing
-    with pytest.raises(ValueError, match="budget"):
+    assert best["towards positive"] == sweep.shift["dir"][2] and best["alpha positive"] == 2.0
+    assert best["towards negative"] == sweep.shift["dir"][0] and best["alpha negative"] == -2.0
+    with pytest.raises(ValueError, match="budget"):  # a budget below the unsteered perplexity means nothing
         sweep.within_budget("dir", budget=0.5)
-    assert sweep.moves_both_ways("dir") == (max(sweep.shift["dir"]) > 0 > min(sweep.shift["dir"]))
+    assert sweep.push_norm["dir"] == pytest.approx([2.0 * direction.norm().item(), 0.0, 2.0 * direction.norm().item()],
+                                                   rel=1e-5)
     no_choices = steering.sweep_axis(hooks, [0.0, 1.0], judge, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS, texts)
     assert no_choices.accuracy == {} and no_choices.base_accuracy is None
     with pytest.raises(ValueError, match="contain 0"):
         steering.sweep_axis(hooks, [1.0], judge, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS, texts)
     with pytest.raises(ValueError, match="both"):
         steering.sweep_axis(hooks, [0.0], judge, tiny.tokenizer, POSITIVE_WORDS, NEGATIVE_WORDS, texts, choices=mc)
+
+
+def _sweep(shifts: dict[str, list[list[float]]], alphas, perplexity=None) -> steering.AxisSweep:
+    """An AxisSweep from per-prompt shifts [α][prompt] (perplexity 10 unsteered, 10 elsewhere unless given)."""
+    mean = {m: [sum(v) / len(v) for v in rows] for m, rows in shifts.items()}
+    ppl = perplexity or {m: [10.0] * len(alphas) for m in shifts}
+    return steering.AxisSweep(list(alphas), mean, shifts, ppl, {}, {m: [0.0] * len(alphas) for m in shifts},
+                              0.0, 10.0, None)
+
+
+def test_directions_are_judged_by_the_sign_of_alpha():
+    alphas = [-0.5, -0.2, 0.0, 0.2, 0.5]
+    zero = [0.0] * 4
+    # The case chapter 7 once got wrong: the only positive shift comes from a *negative* push, and the positive
+    # push lowers the margin. Nothing here moves towards positive, and the negative pole moves the wrong way.
+    wrong = [[0.1, 0.2, 0.1, 0.2], [0.05, 0.1, 0.05, 0.1], zero, [-0.2, -0.3, -0.2, -0.3], [-0.5, -0.4, -0.5, -0.4]]
+    good = [[-1.0, -1.2, -0.9, -1.1], [-0.3, -0.4, -0.3, -0.5], zero, [0.3, 0.2, 0.4, 0.3], [1.0, 0.9, 1.1, 1.2]]
+    noisy = [[-1.0, 1.0, -1.0, 1.2], [0.5, -0.5, 0.4, -0.4], zero, [1.0, -1.0, 0.9, -1.1], [-0.9, 1.0, -1.0, 1.1]]
+    sweep = _sweep({"wrong": wrong, "good": good, "noisy": noisy}, alphas)
+    up, down = sweep.best_push("wrong", 1), sweep.best_push("wrong", -1)
+    assert up.alpha == 0.2 and up.shift == pytest.approx(-0.25) and up.moved == "wrong way"
+    assert down.alpha == -0.2 and down.shift == pytest.approx(0.075) and down.moved == "wrong way"
+    assert not sweep.moves_both_ways("wrong")
+    assert sweep.moves_both_ways("good")
+    assert sweep.within_budget("good", 2.0)["towards positive"] == pytest.approx(1.05)
+    assert sweep.within_budget("good", 2.0)["towards negative"] == pytest.approx(-1.05)
+    # means of the right sign but intervals over the prompts that contain 0: no move either way
+    assert sweep.best_push("noisy", 1).moved == "no move" and not sweep.moves_both_ways("noisy")
+    lo, hi = sweep.best_push("good", 1).interval
+    assert 0 < lo < 1.05 < hi
+
+
+def test_the_budget_excludes_expensive_and_unmeasured_pushes():
+    alphas = [-0.5, 0.0, 0.5]
+    shifts = {"m": [[-1.0, -1.1, -0.9], [0.0] * 3, [1.0, 1.1, 0.9]]}
+    sweep = _sweep(shifts, alphas, perplexity={"m": [30.0, 10.0, float("nan")]})
+    assert sweep.moves_both_ways("m") and not sweep.moves_both_ways("m", budget=2.0)
+    pushed = sweep.within_budget("m", 2.0)
+    assert math.isnan(pushed["towards positive"]) and pushed["alpha positive"] is None
+    assert pushed["moved negative"] == "no move"
+    assert sweep.best_push("m", -1, budget=3.0).alpha == -0.5
+    with pytest.raises(ValueError, match="sign"):
+        sweep.best_push("m", 0)
+
+
+def test_mean_interval_brackets_the_mean_and_shrinks_with_agreement():
+    lo, hi = steering.mean_interval([1.0, 1.0, 1.0])
+    assert lo == hi == 1.0
+    lo, hi = steering.mean_interval([0.0, 1.0, 2.0, 3.0, 4.0])
+    assert lo < 2.0 < hi and hi - lo < 4.0
+    assert steering.mean_interval([0.0, 1.0, 2.0, 3.0, 4.0]) == (lo, hi)  # seeded
+    with pytest.raises(ValueError, match="non-empty"):
+        steering.mean_interval([])
+
+
+def test_clamp_latent_hook_on_a_per_token_normalised_sae():
+    # decode scales by ‖x‖/√d_in per token: the clamp must add exactly decode(z') − decode(z) there too
+    torch.manual_seed(0)
+    sae = SAE(32, 64, "abstopk", k=6, normalize_activations="constant_norm_rescale")
+    x = torch.randn(2, 5, 32) * torch.tensor([1.0, 10.0])[:, None, None]
+    out = clamp_latent_hook(sae, 9, 2.0)(x)
+    z = sae.encode(x)
+    z_clamped = z.clone()
+    z_clamped[..., 9] = 2.0
+    norms = x.norm(dim=-1)
+    expected = sae.decode(z_clamped, norms) - sae.decode(z, norms)
+    torch.testing.assert_close((out - x)[:, 1:], expected[:, 1:], rtol=1e-5, atol=1e-5)

@@ -154,3 +154,102 @@ def test_init_l0_is_refused_where_it_means_nothing():
         train_sae(x, quick("topk", init_l0=3, n_steps=1))
     with pytest.raises(ValueError, match=r"init_l0 must be in \(0, d_sae"):
         train_sae(x, quick("standard", k=None, init_l0=500, n_steps=1))
+
+
+# --- nothing silently wrong (issue 13) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_row", [1, 150_001, 299_999])
+def test_one_nan_row_in_300k_is_caught(bad_row):
+    # The old check sampled every 3rd row of 300k and missed these three; training ended with NaN weights.
+    x = torch.randn(300_000, 8)
+    x[bad_row, 5] = float("nan")
+    config = quick("topk", d_sae=16, k=2, batch_size=16_384, n_steps=None, log_every=1000, sparse_step=False)
+    with pytest.raises(ValueError, match=rf"row\(?s?\)? .*{bad_row}.*NaN or Inf|rows {bad_row}.*NaN or Inf") as err:
+        train_sae(x, config)
+    message = str(err.value)
+    assert str(bad_row) in message and ("step" in message or "b_dec" in message), message
+
+
+def test_inf_row_is_caught_at_its_step_before_the_weights_see_it(monkeypatch):
+    x = signed_atoms(n=4096)
+    x[777] = float("inf")
+    # Skip the early looks (a sample, and the rows that initialise b_dec): the per-batch check alone must hold.
+    monkeypatch.setattr(train, "_check_finite", lambda data: None)
+    monkeypatch.setattr(train, "_check_rows_finite", lambda *args: None)
+    steps = [s for s in range(16) if 777 in batch_indices(s, 256, 4096, 0).tolist()]
+    with pytest.raises(ValueError, match=rf"row\(s\) 777 hold NaN or Inf \(read at step {steps[0]}"):
+        train_sae(x, quick("abstopk", batch_size=256, n_steps=16, b_dec_init="zero", normalize_inputs=False))
+
+
+def test_diverging_loss_stops_training():
+    x = signed_atoms(n=2048)
+    with pytest.raises(ValueError, match="loss became NaN or Inf at step"):
+        train_sae(x * 1e30, quick("topk", n_steps=5, normalize_inputs=False))
+
+
+def test_checkpoint_from_other_data_of_the_same_shape_is_refused(tmp_path):
+    x = signed_atoms(n=2000)
+    config = quick("abstopk", n_steps=10, batch_size=128, checkpoint_every=5, checkpoint_dir=str(tmp_path))
+    train_sae(x, config)
+    other = signed_atoms(n=2000, seed=7)  # same shape, other rows
+    with pytest.raises(ValueError, match=r"other data \(data \(same shape, different rows\)"):
+        train_sae(other, config)
+    with pytest.raises(ValueError, match=r"another training config \(k: checkpoint 3, now 4\)"):
+        train_sae(x, quick("abstopk", n_steps=10, batch_size=128, k=4, checkpoint_dir=str(tmp_path)))
+    resumed, _ = train_sae(x, config)  # the same data is still resumed
+    assert resumed.cfg.d_sae == 96
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02truncated", None])
+def test_corrupt_checkpoint_names_its_path(tmp_path, content):
+    x = signed_atoms(n=2000)
+    config = quick("abstopk", n_steps=4, batch_size=128, checkpoint_dir=str(tmp_path))
+    state = tmp_path / train.STATE_FILENAME
+    if content is None:
+        train_sae(x, config)
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # cut short
+    else:
+        state.write_bytes(content)
+    with pytest.raises(ValueError, match="corrupt or truncated: delete") as err:
+        train_sae(x, config)
+    assert str(state) in str(err.value)
+
+
+def test_checkpoint_write_leaves_no_temporary(tmp_path):
+    x = signed_atoms(n=2000)
+    train_sae(x, quick("abstopk", n_steps=6, batch_size=128, checkpoint_every=2, checkpoint_dir=str(tmp_path)))
+    assert [p.name for p in tmp_path.iterdir()] == [train.STATE_FILENAME]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_steps", 0, "n_steps must be an int ≥ 1 or None"),
+    ("n_steps", -5, "n_steps must be an int ≥ 1 or None"),
+    ("batch_size", 0, "batch_size must be an int ≥ 1"),
+    ("checkpoint_every", 0, "checkpoint_every must be an int ≥ 1"),
+    ("log_every", 0, "log_every must be an int ≥ 1"),
+    ("decay_fraction", 2, r"decay_fraction must be a number in \[0.0, 1.0\]"),
+    ("sparsity_warmup_fraction", -0.1, r"sparsity_warmup_fraction must be a number in \[0.0, 1.0\]"),
+    ("lr", 0, "lr must be a positive number"),
+    ("autocast", "fp8", "autocast must be one of"),
+    ("b_dec_init", "mode", "b_dec_init must be one of"),
+    ("architecture", "gated", "architecture must be one of"),
+    ("k", 0, "k must be an int ≥ 1 or None"),
+    ("batch_size", True, "batch_size must be an int"),
+])
+def test_train_config_refuses_bad_values_when_made(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_all_zero_data_is_refused():
+    with pytest.raises(ValueError, match="mean row norm .* is 0.0 .*normalize_inputs=False"):
+        train_sae(torch.zeros(1000, 8), quick("topk", d_sae=16, k=2, batch_size=100))
+    with pytest.raises(ValueError, match="mean row norm"):
+        input_scale(torch.zeros(10, 4))
+
+
+def test_numpy_data_trains():
+    x = signed_atoms(n=2048)
+    sae, _ = train_sae(x.numpy(), quick("abstopk", n_steps=3))
+    assert sae.encode(x[:4].numpy()).shape == (4, 96)
