@@ -96,7 +96,8 @@ bench-setup: setup
 
 bench: bench-setup
 	mkdir -p $(BENCH_OUT)
-	$(PY) benchmarks/bench_step.py --d-sae 4608 18432 --k 32 64 --reps 5 --bf16-probe | tee $(BENCH_OUT)/step.md
+	$(PY) benchmarks/bench_step.py --d-sae 4608 18432 --k 32 64 --reps 5 --bf16-probe \
+		--steps floor absae absae-noaux absae-fused saelens saelens-sparse sparsify | tee $(BENCH_OUT)/step.md
 	$(PY) benchmarks/bench_step.py --steps floor absae $(BENCH_PEER) --modes abstopk --d-sae 4608 9216 18432 36864 \
 		--k 32 --reps 3 --no-goals | tee $(BENCH_OUT)/step_vs_d_sae.md
 	$(PY) benchmarks/bench_step.py --steps floor absae $(BENCH_PEER) --modes abstopk --d-sae 4608 --k 16 32 64 128 256 \
