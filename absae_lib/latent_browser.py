@@ -26,8 +26,6 @@ Shapes: ``n`` scanned activation rows, model width ``d``, dictionary ``d_sae``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from absae_lib import plotting
+from absae_lib import atomic, plotting
 from absae_lib.features import LatentScan, Positions, context, logit_lens, most_negative_cosine, scan_latents
 from absae_lib.sae import SAE
 
@@ -191,14 +189,7 @@ def browser_data(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, text)  # a unique temp name beside it, then rename
 
 
 def write(folder: str | Path, saes: Mapping[str, SAE], scans: Mapping[str, LatentScan] | None, tokens: Tensor,
