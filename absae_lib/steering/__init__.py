@@ -9,14 +9,8 @@ The clamp encodes x, sets latent i to c and decodes, but keeps the SAE's reconst
 activation is x + decode(z') − decode(z) = x + (c − z_i)·D_i, so nothing but latent i's contribution changes (the
 SAE's imperfect reconstruction is not spliced in). For an AbsTopK SAE c may be negative: the latent's other pole.
 
-What the steering did:
-
-    vader_score            sentiment of generated text (VADER compound, −1..1)
-    target_logprob_shift   mean change in log-prob of chosen next tokens
-    logprob_margin         mean log-prob of one word list minus another's (e.g. positive vs negative words)
-    refusal_rate           fraction of completions that contain a refusal phrase
-    perplexity             on held-out text, with and without the hook (the capability cost)
-    MultipleChoice         questions the model answers with one token (world facts): accuracy as a second cost
+What the steering did and what it cost: ``judges`` (log-prob margins, VADER, refusal phrases, perplexity,
+multiple-choice questions).
 
 Sweeps: ``CachedPrefix`` runs fixed texts up to the hook once, so each steering hook then costs only the blocks after
 it; ``generate_conditions`` generates under several hooks in one batch (``stacked_hooks``). ``concept_poles`` picks the
