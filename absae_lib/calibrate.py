@@ -85,7 +85,7 @@ _L0_FALLS_WITH = {"sparsity_coefficient": True, "init_l0": False}
 
 def calibrate_l0(data: Any, eval_rows: Tensor, config: Any, target_l0: float, *, knob: str = "sparsity_coefficient",
                  low: float, high: float, tol: float = 0.1, max_trials: int = 8, pilot_steps: int | None = None,
-                 l0_falls: bool | None = None) -> Calibration:
+                 l0_falls: bool | None = None, train: Any = None, first: float | None = None) -> Calibration:
     """Search ``config.<knob>`` in [low, high] so that the trained SAE's held-out L0 lands within ±tol of target_l0.
 
     Each trial trains ``replace(config, <knob>=value)`` (with ``n_steps = pilot_steps`` for cheap pilot runs; the L0
@@ -94,11 +94,16 @@ def calibrate_l0(data: Any, eval_rows: Tensor, config: Any, target_l0: float, *,
     L0 is close to a power law in a penalty weight.  If [low, high] does not bracket the target, the closer end is
     returned with ``within_tolerance`` False (widen the range).  ``knob`` may also be "init_l0" or any numeric
     TrainConfig field; ``l0_falls`` says whether L0 falls as it grows (known for sparsity_coefficient and init_l0).
+    ``train``: config -> (sae, history), default ``train_sae(data, config)``; the book passes one that caches each
+    trial (absae_lib.pipeline), so a search that is run again replays from the cache.  ``first``: a best guess
+    inside [low, high] tried before either end (one trial when it is already within tolerance).
     """
     from absae_lib.train import train_sae  # imported here: train.py imports this module
 
     if not 0 < low < high:
         raise ValueError(f"need 0 < low < high for a log-scale search, got low={low}, high={high}")
+    if first is not None and not low <= first <= high:
+        raise ValueError(f"first guess {first} lies outside [low, high] = [{low}, {high}]")
     if target_l0 <= 0 or tol <= 0:
         raise ValueError(f"target_l0 and tol must be > 0, got {target_l0} and {tol}")
     if not hasattr(config, knob):
@@ -111,7 +116,8 @@ def calibrate_l0(data: Any, eval_rows: Tensor, config: Any, target_l0: float, *,
     best: dict[str, Any] = {}
 
     def trial(value: float) -> float:
-        sae, history = train_sae(data, replace(config, **{knob: value}, **overrides))
+        trial_config = replace(config, **{knob: value}, **overrides)
+        sae, history = train(trial_config) if train is not None else train_sae(data, trial_config)
         l0 = heldout_l0(sae, eval_rows)
         trials.append((value, l0))
         if not best or abs(math.log(l0 / target_l0)) < abs(math.log(best["l0"] / target_l0)):
@@ -123,21 +129,37 @@ def calibrate_l0(data: Any, eval_rows: Tensor, config: Any, target_l0: float, *,
 
     # Orient the bracket so that L0 falls from `lo` to `hi`.
     lo, hi = (low, high) if falls else (high, low)
-    l0_lo = trial(lo)
-    if not close(l0_lo) and len(trials) < max_trials:
+    if first is None:
+        l0_lo = trial(lo)
+        if close(l0_lo) or len(trials) >= max_trials:
+            return _result(knob, best, target_l0, close, trials)
         l0_hi = trial(hi)
-        bracketed = l0_hi <= target_l0 <= l0_lo
-        while bracketed and not close(best["l0"]) and len(trials) < max_trials:
-            a, b = math.log(lo), math.log(hi)
-            mid = 0.5 * (a + b)
-            if l0_lo > 0 and l0_hi > 0 and l0_lo != l0_hi:  # log-log secant, kept inside the middle 80%
-                t = (math.log(target_l0) - math.log(l0_lo)) / (math.log(l0_hi) - math.log(l0_lo))
-                mid = a + min(0.9, max(0.1, t)) * (b - a)
-            value = math.exp(mid)
-            l0 = trial(value)
-            if l0 > target_l0:
-                lo, l0_lo = value, l0
-            else:
-                hi, l0_hi = value, l0
+    else:  # the best guess first; then the bracket's end on the side the target lies
+        l0_first = trial(first)
+        if close(l0_first) or len(trials) >= max_trials:
+            return _result(knob, best, target_l0, close, trials)
+        if l0_first > target_l0:
+            lo, l0_lo = first, l0_first
+            l0_hi = trial(hi)
+        else:
+            hi, l0_hi = first, l0_first
+            l0_lo = trial(lo)
+    bracketed = l0_hi <= target_l0 <= l0_lo
+    while bracketed and not close(best["l0"]) and len(trials) < max_trials:
+        a, b = math.log(lo), math.log(hi)
+        mid = 0.5 * (a + b)
+        if l0_lo > 0 and l0_hi > 0 and l0_lo != l0_hi:  # log-log secant, kept inside the middle 80%
+            t = (math.log(target_l0) - math.log(l0_lo)) / (math.log(l0_hi) - math.log(l0_lo))
+            mid = a + min(0.9, max(0.1, t)) * (b - a)
+        value = math.exp(mid)
+        l0 = trial(value)
+        if l0 > target_l0:
+            lo, l0_lo = value, l0
+        else:
+            hi, l0_hi = value, l0
+    return _result(knob, best, target_l0, close, trials)
+
+
+def _result(knob: str, best: dict, target_l0: float, close: Any, trials: list) -> Calibration:
     return Calibration(field=knob, value=best["value"], l0=best["l0"], target_l0=target_l0,
                        within_tolerance=close(best["l0"]), trials=trials, sae=best["sae"], history=best["history"])

@@ -126,6 +126,18 @@ def summarize_seeds(runs: Sequence[Mapping[str, float]], keys: Sequence[str] | N
     return out
 
 
+def seed_difference_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of a_i − b_i over seeds i (a and b trained with the same seeds, scored on
+    the same data).  With n seeds it uses n − 1 degrees of freedom: 3 seeds give mean ± 4.30·sd/√3.  Needs ≥ 2."""
+    from scipy import stats
+
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diff.ndim != 1 or diff.size < 2:
+        raise ValueError(f"a seed interval needs the same ≥ 2 seeds on both sides, got {np.shape(a)} and {np.shape(b)}")
+    half = stats.t.ppf(0.5 + level / 2, diff.size - 1) * diff.std(ddof=1) / math.sqrt(diff.size)
+    return float(diff.mean() - half), float(diff.mean() + half)
+
+
 VERDICTS = ("reproduced", "contradicted", "tie (within noise)")
 
 

@@ -115,7 +115,15 @@ def sae(s: Settings, architecture: str, k: int | None = None, **overrides: Any) 
 
 def sae_with_history(s: Settings, architecture: str, k: int | None = None, **overrides: Any) -> tuple[SAE, list[dict]]:
     """Like :func:`sae`, plus the training history (one dict per logged step)."""
-    config = train_config(s, architecture, k, **overrides)
+    return trained(s, train_config(s, architecture, k, **overrides))
+
+
+def trained(s: Settings, config: TrainConfig) -> tuple[SAE, list[dict]]:
+    """The SAE trained with ``config`` on the profile's activations, and its history: from the cache, or trained now.
+
+    With ``config.eval_every`` the trainer also scores the profile's held-out activations every eval_every steps
+    (their first ``config.eval_tokens`` rows; they are fixed by the settings, so the cache key needs nothing more).
+    """
     folder = sae_folder(s, config)
     history_path = folder / "history.json"
     if history_path.exists() and (folder / "cfg.json").exists():
@@ -127,11 +135,68 @@ def sae_with_history(s: Settings, architecture: str, k: int | None = None, **ove
         checkpoint = folder / "checkpoint"
         config = replace(config, checkpoint_dir=str(checkpoint), checkpoint_every=50)
         metadata = {"model_name": s.model_name, "hook_name": s.hook_name, "corpus": s.corpus, "layer": s.layer}
-        trained, history = train_sae(train_activations(s), config, metadata=metadata)
-        trained.save(folder, overwrite=True)  # no history.json: whatever SAE is there is from an unfinished run
+        eval_data = eval_activations(s) if config.eval_every else None
+        sae, history = train_sae(train_activations(s), config, metadata=metadata, eval_data=eval_data)
+        sae.save(folder, overwrite=True)  # no history.json: whatever SAE is there is from an unfinished run
         atomic.write_json(history_path, history)  # written last: its presence marks a finished SAE
         shutil.rmtree(checkpoint, ignore_errors=True)
-    return trained, history
+    return sae, history
+
+
+# --- chapter 4's reconstruction study: trained to a plateau, matched sparsity, several seeds -----------------------
+
+def study_config(s: Settings, architecture: str, k: int | None = None, seed: int | None = None,
+                 normalization: str | None = None, **overrides: Any) -> TrainConfig:
+    """The study's recipe: the book's recipe at ``s.study_d_sae`` latents for ``s.study_steps`` steps, held-out NMSE
+    and L0 in the history 16 times per run, BatchTopK's threshold set from its final weights."""
+    base: dict[str, Any] = dict(d_sae=s.study_d_sae, n_steps=s.study_steps, eval_every=max(1, s.study_steps // 16),
+                                seed=s.seed if seed is None else seed,
+                                input_normalization=normalization or s.study_normalization, progress=False)
+    if architecture == "batchtopk":
+        base["calibrate_batchtopk"] = True
+    if architecture in ("standard", "jumprelu"):
+        k = k or s.k
+        base["init_l0"] = k if architecture == "standard" else min(JUMPRELU_START_L0 * k, s.study_d_sae / 2)
+    base.update(overrides)
+    return train_config(s, architecture, k, **base)
+
+
+# Where the matched-L0 search looks, as (knob, low, first guess, high), relative to the target L0 for init_l0:
+# ReLU through its L1 coefficient, JumpReLU through where its thresholds start (absae_lib.calibrate).  Measured on
+# the cpu study (1152 latents, 732 steps, per-token normalisation): ReLU c = 1, 1.85, 2.5 ended at L0 70, 32, 21;
+# JumpReLU's thresholds barely move in these runs (started at L0 160, it ended at 146), so its L0 ends near where
+# it starts and the first guess is just above k.
+CALIBRATION = {"standard": ("sparsity_coefficient", 1.0, 2.5, 6.0), "jumprelu": ("init_l0", 0.8, 1.1, 2.6)}
+
+
+def matched_sae(s: Settings, architecture: str, k: int | None = None, seed: int | None = None,
+                normalization: str | None = None, max_trials: int = 4, tol: float = 0.1):
+    """A ReLU or JumpReLU study SAE whose held-out L0 lands within ±tol of ``k`` (default ``s.k``).
+
+    Searches the knob of :data:`CALIBRATION` with :func:`absae_lib.calibrate.calibrate_l0`; every trial is a cached
+    study SAE, so a repeated search only reads.  Seeds other than ``s.seed`` reuse the value found for ``s.seed``
+    (one search per architecture and k).  Returns the :class:`absae_lib.calibrate.Calibration` (its ``sae``,
+    ``history``, ``l0``, ``within_tolerance`` and the trials).
+    """
+    from absae_lib.calibrate import Calibration, calibrate_l0, heldout_l0
+
+    if architecture not in CALIBRATION:
+        raise ValueError(f"matched_sae calibrates 'standard' or 'jumprelu'; {architecture!r} is k-sparse already")
+    k = k or s.k
+    knob, low, first, high = CALIBRATION[architecture]
+    if knob == "init_l0":
+        low, first, high = low * k, first * k, min(high * k, s.study_d_sae / 2)
+        first = min(first, high)
+    config = study_config(s, architecture, k, seed=s.seed, normalization=normalization)
+    rows = eval_activations(s)
+    found = calibrate_l0(None, rows, config, float(k), knob=knob, low=low, high=high, tol=tol,
+                         max_trials=max_trials, train=lambda c: trained(s, c), first=first)
+    if seed is None or seed == s.seed:
+        return found
+    sae, history = trained(s, replace(config, seed=seed, **{knob: found.value}))
+    l0 = heldout_l0(sae, rows)
+    return Calibration(field=knob, value=found.value, l0=l0, target_l0=float(k),
+                       within_tolerance=abs(l0 / k - 1) <= tol, trials=[(found.value, l0)], sae=sae, history=history)
 
 
 def _read_history(path) -> list[dict]:

@@ -385,7 +385,8 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     Returns the trained SAE (taking raw, unnormalised activations: the input scale is folded into its weights)
     and the metrics history, one dict per ``log_every`` steps (``pandas.DataFrame(history)`` reads it).
     With ``eval_data`` (held-out rows [m, d_in]) and ``config.eval_every``, every eval_every steps' row also holds
-    heldout_nmse, heldout_nmse_per_token, heldout_l0 and train_sample_nmse (absae_lib.convergence).
+    heldout_nmse, heldout_nmse_per_token, heldout_l0, train_sample_nmse and train_sample_nmse_per_token
+    (absae_lib.convergence).
     """
     data = _as_tensor(data)
     _check_finite(data)
@@ -520,6 +521,7 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
                 row.update(convergence.heldout_row(sae, eval_rows, to_sae_input, config.batch_size))
                 train_side = convergence.heldout_row(sae, train_rows, to_sae_input, config.batch_size, "train_sample_")
                 row["train_sample_nmse"] = train_side["train_sample_nmse"]
+                row["train_sample_nmse_per_token"] = train_side["train_sample_nmse_per_token"]
             history.append(row)
             bar.set_postfix(nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_fraction']:.2f}")
         checkpoint_now = (step + 1) % config.checkpoint_every == 0 or step == n_steps - 1

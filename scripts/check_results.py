@@ -22,6 +22,22 @@ def _axis_verdict(axis: dict[str, Any]) -> str:
 
     return axis_verdict(axis)
 
+def _reconstruction_verdict(c: dict[str, Any]) -> str:
+    """Chapter 4's rule (absae_lib.study.compare_seeded), recomputed from a recorded comparison of AbsTopK − rival."""
+    l0_a, l0_b = c["l0"]
+    if abs(l0_b / l0_a - 1) > 0.1:
+        return "not comparable"
+    better_if_positive = c["metric"] in ("loss_recovered", "explained_variance")
+
+    def side(lo: float, hi: float) -> str:
+        if lo > 0 or hi < 0:
+            return "reproduced" if (lo > 0) == better_if_positive else "contradicted"
+        return "tie (within noise)"
+
+    outcomes = {side(*c["seed_ci"])} | ({side(*c["sequence_ci"])} if "sequence_ci" in c else set())
+    return outcomes.pop() if len(outcomes) == 1 else "tie (within noise)"
+
+
 def _moves_both_ways(r: dict[str, Any], axis: dict[str, Any], method: str) -> bool:
     """Chapter 7's rule, recomputed from the recorded per-prompt shifts (absae_lib.steering.sweeps)."""
     from absae_lib.steering import mean_interval
@@ -59,16 +75,42 @@ CHECKS: dict[str, list[Check]] = {
          and all(r["fraction_negative"][v] == 0 for v in ("standard", "jumprelu", "topk", "batchtopk"))),
         ("SAELens reads our folders with identical codes", lambda r: r["saelens_codes_match"] is True),
         ("position 0 is an outlier (why it is dropped)", lambda r: r["position0_norm_ratio"] > 10),
+        ("the study's SAEs ran their steps, with a held-out curve that falls", lambda r: all(
+            r["n_steps"][v] == r["settings"]["study_steps"] and len(r["heldout_curve"][v]) >= 8
+            and r["heldout_curve"][v][-1][1] < r["heldout_curve"][v][0][1] for v in r["n_steps"])),
+        ("passes = steps × batch / tokens", lambda r: all(
+            abs(r["epochs"][v] - r["n_steps"][v] * r["settings"]["batch_size"] / r["settings"]["n_tokens"]) < 1e-9
+            for v in r["n_steps"])),
+        ("train/held-out gap recorded and finite", lambda r: all(math.isfinite(g) for g in r["train_heldout_gap"].values())),
     ],
     "04_reconstruction": [
-        ("k-sparse SAEs recover most of the loss", lambda r: all(r["loss_recovered_at_k"][v] > 0.5 for v in ("topk", "batchtopk", "abstopk"))),
+        ("several seeds at the headline k", lambda r: len(r["seeds"]) >= 2 and all(
+            r["headline"][v]["n_seeds"] == len(r["seeds"]) for v in ("topk", "abstopk", "jumprelu"))),
+        ("headline metrics finite, with a seed std and a loss interval", lambda r: all(
+            math.isfinite(h[m]) and f"{m}_std" in h for h in r["headline"].values()
+            for m in ("l0", "nmse", "nmse_typical", "nmse_per_token", "loss_recovered", "delta_ce", "kl"))
+         and all(h["loss_recovered_ci"][0] <= h["loss_recovered_ci"][1] for h in r["headline"].values())),
+        ("k-sparse SAEs recover most of the loss", lambda r: all(
+            r["headline"][v]["loss_recovered"] > 0.5 for v in ("topk", "batchtopk", "abstopk"))),
         ("zero-ablation hurts", lambda r: r["ce_zero"] > r["ce_clean"]),
-        ("a bigger k reconstructs better (TopK, AbsTopK)", lambda r: all(
-            r["sweep"][v][f"k{max(r['settings']['k_sweep'])}"]["nmse_typical"] < r["sweep"][v][f"k{min(r['settings']['k_sweep'])}"]["nmse_typical"]
-            for v in ("topk", "abstopk"))),
-        ("every sweep point is sane", lambda r: all(0 < p["nmse"] < 1 and 0 < p["loss_recovered"] <= 1
+        ("TopK and AbsTopK keep exactly k; BatchTopK's calibrated threshold within 10% of k", lambda r: all(
+            abs(p["l0"] - int(k[1:])) < 1e-6 for v in ("topk", "abstopk") for k, p in r["sweep"][v].items())
+         and all(abs(p["l0"] / int(k[1:]) - 1) <= 0.1 for k, p in r["sweep"]["batchtopk"].items())),
+        ("at the cpu profile every SAE lands within 10% of its target L0",
+         lambda r: r["settings"]["profile"] != "cpu" or r["l0_matched"] is True),
+        ("a bigger k reconstructs better (TopK, AbsTopK; per-token NMSE)", lambda r: all(
+            r["sweep"][v][f"k{max(r['settings']['k_sweep'])}"]["nmse_per_token"]
+            < r["sweep"][v][f"k{min(r['settings']['k_sweep'])}"]["nmse_per_token"] for v in ("topk", "abstopk"))),
+        ("every sweep point is sane", lambda r: all(0 < p["nmse_per_token"] < 1 and 0 < p["loss_recovered"] <= 1
                                                    for points in r["sweep"].values() for p in points.values())),
         ("all five variants in the sweep", lambda r: set(r["sweep"]) == {"standard", "jumprelu", "topk", "batchtopk", "abstopk"}),
+        ("each verdict follows from its recorded intervals and L0", lambda r: all(
+            c["verdict"] == _reconstruction_verdict(c) for by_m in r["claims"].values() for c in by_m.values())),
+        ("the normalisation follows the book's rule", lambda r: r["normalisation_comparison"]["chosen"] == (
+            "global" if all(r["normalisation_comparison"][v]["delta_ce_per_token_minus_global_ci"][0] > 0
+                            for v in ("topk", "abstopk")) else "per_token")),
+        ("unrolled encoders scored at the headline k", lambda r: len(r["unrolled"]) >= 2 and all(
+            0 < u["nmse_per_token"] < 1 and abs(u["l0"] - r["headline_k"]) < 1e-6 for u in r["unrolled"].values())),
     ],
     "05_bidirectional_features": [
         ("AbsTopK uses both signs on many latents", lambda r: 0.2 <= r["share_both_signs"] <= 0.9),

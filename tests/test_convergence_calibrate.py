@@ -168,3 +168,19 @@ def test_unrolled_abstopk_trains(data, steps, tied, tmp_path):
     assert final["nmse"] == pytest.approx(history[-1]["heldout_nmse"], rel=1e-4)  # the folded scale is exact
     sae.save(tmp_path / "u")
     assert torch.allclose(SAE.load(tmp_path / "u").encode(heldout), sae.encode(heldout))
+
+
+def test_final_gap_is_zero_on_the_same_rows_and_positive_on_harder_ones():
+    # An identity AbsTopK (W_enc = W_dec = I, k = 4 of 8): rows with 4 large coordinates and a little noise are
+    # almost exact; dense Gaussian rows lose their 4 smallest coordinates.
+    sae = SAE(8, 8, "abstopk", k=4)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(8))
+        sae.W_dec.copy_(torch.eye(8))
+    g = torch.Generator().manual_seed(0)
+    sparse_rows = 0.01 * torch.randn(512, 8, generator=g)
+    sparse_rows[:, :4] += 5.0
+    dense_rows = torch.randn(512, 8, generator=g)
+    assert convergence.final_gap(sae, dense_rows, dense_rows) == 0.0
+    assert convergence.final_gap(sae, sparse_rows, dense_rows) > 100  # training rows fit, held-out ones do not
+    assert convergence.final_gap(sae, dense_rows, sparse_rows) < 0

@@ -22,6 +22,7 @@ from absae_lib.metrics import (
     mean_abs_code,
     nmse,
     spliced_loss,
+    spliced_losses,
 )
 
 # --- reconstruction: closed forms ----------------------------------------------------------------------------------
@@ -256,6 +257,25 @@ def test_matches_naive_reference(tiny, tokens, hook_name):
     denominator = want["ce_zero"] - want["ce_clean"]
     if abs(denominator) > 0.05:  # near 0 (zeroing the embedding of a random model) the ratio is ill-conditioned
         assert got["loss_recovered"] == pytest.approx((want["ce_zero"] - want["ce_spliced"]) / denominator, rel=1e-3)
+
+
+def test_several_saes_at_once_equal_one_at_a_time(tiny, tokens):
+    # spliced_losses shares the clean and zero-ablated runs between SAEs; each SAE's numbers (and per-sequence sums)
+    # must be the ones spliced_loss gives it alone, and the identity SAE must still recover everything.
+    torch.manual_seed(3)
+    saes = {"random": SAE(16, 64, "abstopk", k=4), "identity": identity_sae(16), "zero": zero_sae(16)}
+    together = spliced_losses(tiny, saes, tokens, HOOK, batch_size=4, progress=False, per_sequence=True)
+    assert set(together) == set(saes)
+    for name, sae in saes.items():
+        alone = spliced_loss(tiny, sae, tokens, HOOK, batch_size=4, progress=False, per_sequence=True)
+        for key in ("ce_clean", "ce_spliced", "ce_zero", "kl", "delta_loss"):
+            assert together[name][key] == pytest.approx(alone[key], abs=1e-6), (name, key)
+        for key, rows in alone["per_sequence"].items():
+            np.testing.assert_allclose(together[name]["per_sequence"][key], rows, atol=1e-6)
+    assert together["identity"]["loss_recovered"] == 1.0
+    assert together["zero"]["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="at least one SAE"):
+        spliced_losses(tiny, {}, tokens, HOOK)
 
 
 def test_position_zero_is_never_replaced(tiny):
