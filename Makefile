@@ -83,7 +83,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 # --- benchmarks (benchmarks/RESULTS.md; run them on an otherwise idle machine) ---------------------------------------
-# The tables go to $(BENCH_OUT)/*.md as well as the screen; ≈ 30 minutes on 2 idle cores.
+# The tables go to $(BENCH_OUT)/*.md as well as the screen; ≈ 1 hour on 2 idle cores.
 .PHONY: bench-setup
 BENCH_OUT ?= _build/bench
 # The fastest peer in the main table: the one the cost-vs-d_sae and cost-vs-k sweeps time beside absae.
@@ -97,7 +97,7 @@ bench-setup: setup
 bench: bench-setup
 	mkdir -p $(BENCH_OUT)
 	$(PY) benchmarks/bench_step.py --d-sae 4608 18432 --k 32 64 --reps 5 --bf16-probe \
-		--steps floor absae absae-noaux absae-fused saelens saelens-sparse sparsify | tee $(BENCH_OUT)/step.md
+		--steps floor absae absae-noaux absae-loopadam saelens saelens-sparse sparsify | tee $(BENCH_OUT)/step.md
 	$(PY) benchmarks/bench_step.py --steps floor absae $(BENCH_PEER) --modes abstopk --d-sae 4608 9216 18432 36864 \
 		--k 32 --reps 3 --no-goals | tee $(BENCH_OUT)/step_vs_d_sae.md
 	$(PY) benchmarks/bench_step.py --steps floor absae $(BENCH_PEER) --modes abstopk --d-sae 4608 --k 16 32 64 128 256 \

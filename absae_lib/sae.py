@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from absae_lib import atomic, prox
+from absae_lib import atomic, prox, sparse
 
 ARCHITECTURES = ("standard", "jumprelu", "topk", "batchtopk", "abstopk", "unrolled")
 K_SPARSE = ("topk", "batchtopk", "abstopk")
@@ -387,15 +387,12 @@ class SAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row to unit norm."""
-        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        sparse.normalize_rows_(self.W_dec)
 
     @torch.no_grad()
     def remove_parallel_grad_(self) -> None:
         """Drop the part of W_dec's gradient along each row: with unit-norm rows it would only change the norm."""
-        if self.W_dec.grad is None:
-            return
-        rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        self.W_dec.grad -= (self.W_dec.grad * rows).sum(-1, keepdim=True) * rows
+        sparse.remove_parallel_grad_(self.W_dec)
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:

@@ -439,11 +439,47 @@ def auxk_loss(pre: Tensor, dead_mask: Tensor, residual: Tensor, W_dec: Tensor, k
     return auxk_loss_from_codes(indices, values, residual, W_dec) * dead_mask.any()  # 0 if none dead, no sync
 
 
-def _auxk_on_dead_columns(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, dead_ids: Tensor,
-                          k_aux: int, signed: bool, residual: Tensor) -> Tensor:
-    """AuxK as a small dense SAE over the dead latents only: [B, n_dead] GEMMs, plain autograd.  Scalar."""
-    pre = (x.to(W_enc.dtype) - b_dec) @ W_enc.index_select(1, dead_ids) + b_enc.index_select(0, dead_ids)
-    codes = pre if signed else torch.relu(pre)
+class _DeadColumns(torch.autograd.Function):
+    """pre[:, dead_ids] read from the encoder matmul's output, differentiable in W_enc, b_enc and b_dec.  [B, n_dead]
+
+    Plain autograd through ``(x − b_dec) @ W_enc[:, dead_ids]`` would spend two [B, n_dead] × d_in products that
+    are not needed: recomputing the columns (they are in ``pre`` already) and the gradient of the centred input
+    (∂b_dec is −W_enc[:, dead] Σ_b ∂pre[b], one matvec, as in ``_SparseEncode``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor, dead_ids: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, dead_ids)
+        return pre.index_select(1, dead_ids).to(W_enc.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_cols: Tensor):
+        x, W_enc, b_dec, dead_ids = ctx.saved_tensors
+        need_x, need_W, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
+        grad_cols = grad_cols.to(W_enc.dtype)
+        grad_x = grad_W_enc = grad_b_enc = grad_b_dec = None
+        with _no_autocast(W_enc):
+            if need_x:  # only when x itself is learned; in training it is data
+                grad_x = (grad_cols @ W_enc.index_select(1, dead_ids).T).to(x.dtype)
+            if need_W:
+                grad_W_enc = torch.zeros_like(W_enc).index_copy_(1, dead_ids, (x.to(W_enc.dtype) - b_dec).T @ grad_cols)
+            column_sums = grad_cols.sum(0)
+            if need_b_enc:
+                grad_b_enc = torch.zeros(W_enc.shape[1], dtype=W_enc.dtype, device=W_enc.device)
+                grad_b_enc.index_copy_(0, dead_ids, column_sums)
+            if need_b_dec:
+                grad_b_dec = -(W_enc.index_select(1, dead_ids) @ column_sums)
+        return grad_x, grad_W_enc, grad_b_enc, grad_b_dec, None, None
+
+
+def _auxk_on_dead_columns(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, pre: Tensor,
+                          dead_ids: Tensor, k_aux: int, signed: bool, residual: Tensor) -> Tensor:
+    """AuxK as a small dense SAE over the dead latents only: [B, n_dead] GEMMs on the decoder side.  Scalar.
+
+    ``pre`` [B, d_sae] is the encoder matmul's output (detached); the dead columns are read from it.
+    """
+    dead_pre = _DeadColumns.apply(x, W_enc, b_enc, b_dec, pre, dead_ids)
+    codes = dead_pre if signed else torch.relu(dead_pre)
     if k_aux < dead_ids.numel():
         idx = (codes.abs() if signed else codes).detach().topk(k_aux, dim=-1, sorted=False).indices
         codes = torch.zeros_like(codes).scatter(1, idx, codes.gather(1, idx))
@@ -541,20 +577,34 @@ def sparse_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec
         aux_values = (all_values[n_main:] * keep.reshape(-1)).reshape(aux_indices.shape)
         aux = auxk_loss_from_codes(aux_indices, aux_values, x - recon, W_dec) * dead_mask.any()
     elif aux_indices is None and dead_ids is not None and dead_ids.numel() > 0:
-        aux = _auxk_on_dead_columns(x, W_enc, b_enc, W_dec, b_dec, dead_ids, k_aux, signed, x - recon)
+        aux = _auxk_on_dead_columns(x, W_enc, b_enc, W_dec, b_dec, pre, dead_ids, k_aux, signed, x - recon)
     return SparseForward(recon=recon, codes=Codes(values, cols, rows, offsets), pre=pre, aux_loss=aux)
 
 
 # --- one training step ----------------------------------------------------------------------------------------------
 
 
+def batch_mse(x: Tensor, recon: Tensor) -> Tensor:
+    """‖x − recon‖² summed over d_in and averaged over the batch.  [B, d_in], [B, d_in] -> scalar
+
+    ``F.mse_loss`` is one kernel each way; sub + pow + sum + mean and their backward took 3× as long on the 2-core
+    CPU here (8.3 against 2.7 ms at [4096, 576]).
+    """
+    return F.mse_loss(recon, x, reduction="sum") / x.shape[0]
+
+
 @torch.no_grad()
 def remove_parallel_grad_(W_dec: Tensor) -> None:
-    """Drop the part of each decoder row's gradient along the row (it would only change the row's norm)."""
+    """Drop the part of each decoder row's gradient along the row (it would only change the row's norm).
+
+    g ← g − (⟨g, w⟩ / ‖w‖²) w row by row, in place, without [d_sae, d_in] temporaries (3 against 12 ms at
+    [4608, 576] on the CPU here).
+    """
     if W_dec.grad is None:
         return
-    rows = W_dec / W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    W_dec.grad -= (W_dec.grad * rows).sum(-1, keepdim=True) * rows
+    squared_norms = torch.linalg.vector_norm(W_dec, dim=-1).square_().clamp_min_(1e-16)
+    along = torch.einsum("ij,ij->i", W_dec.grad, W_dec).div_(squared_norms)
+    W_dec.grad.addcmul_(along.unsqueeze(-1), W_dec, value=-1)
 
 
 @torch.no_grad()
@@ -574,7 +624,7 @@ def fast_step(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, optimi
     tensors (no host sync): loss, mse, aux, l0; and ``fired`` [d_sae] bool.
     """
     out = sparse_forward(x, W_enc, b_enc, W_dec, b_dec, k, mode, dead_mask, k_aux, workspace, aux_method)
-    mse = (x - out.recon).pow(2).sum(-1).mean()
+    mse = batch_mse(x, out.recon)
     loss = mse + aux_coefficient * out.aux_loss if dead_mask is not None else mse
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

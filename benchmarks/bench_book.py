@@ -1,6 +1,6 @@
 """Minutes per stage of the main job (harvest, training, evaluation per chapter), as ``make main`` runs it.
 
-    python benchmarks/bench_book.py --profile smoke --cold --twice     # what `make bench` runs (≈ 10 minutes)
+    python benchmarks/bench_book.py --profile smoke --cold --twice     # what `make bench` runs (≈ 25 minutes)
     python benchmarks/bench_book.py --profile cpu --cold --twice       # the book's default (over an hour on 2 cores)
     python benchmarks/bench_book.py --profile smoke 03_train_saes      # one chapter, with the artifact cache as it is
 

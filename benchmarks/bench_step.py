@@ -16,10 +16,11 @@ What one call of each step does (read off the installed sources; RESULTS.md says
   gradient: what no k-sparse step can skip.
 - ``absae``: the body of ``absae_lib.train.train_sae``'s loop on its fast path: ``sparse.sparse_forward`` with
   AuxK over a fixed set of dead latents (``--dead``), loss = MSE + AuxK/32, backward, the decoder gradient's
-  along-row part removed, ``torch.optim.Adam`` with its defaults (as ``train_sae`` builds it), decoder rows
+  along-row part removed, Adam as ``train_sae`` builds it (``absae_lib.train.adam``: the fused kernel), decoder rows
   renormalised, the dead-latent counters updated (left out: the row loader, the finiteness check and the
   GradScaler, which is a no-op without fp16, all O(B·d_in) or less).  ``absae-noaux``: the same with no dead latent (so no AuxK);
-  ``absae-fused``: the same with ``Adam(fused=True)``.
+  ``absae-loopadam``: the same with ``torch.optim.Adam``'s default on CPU, the for-loop implementation (what
+  ``train_sae`` used before it took the fused kernel).
 - ``saelens``: SAELens's own per-batch step, ``SAETrainer._train_step``, on its ``AbsTopKTrainingSAE`` or
   ``TopKTrainingSAE`` (default configs: dense [B, d_sae] codes, ``rescale_acts_by_decoder_norm`` instead of a
   renormalised decoder): training_forward_pass with the dead-neuron mask (so its AuxK runs), firing statistics,
@@ -49,9 +50,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absae_lib.device import bf16_is_fast  # noqa: E402
-from absae_lib.sparse import Workspace, normalize_rows_, remove_parallel_grad_, sparse_forward  # noqa: E402
+from absae_lib.sparse import Workspace, batch_mse, normalize_rows_, remove_parallel_grad_, sparse_forward  # noqa: E402
+from absae_lib.train import adam  # noqa: E402
 
-STEPS = ("floor", "absae", "absae-noaux", "absae-fused", "saelens", "saelens-sparse", "sparsify", "dense")
+STEPS = ("floor", "absae", "absae-noaux", "absae-loopadam", "saelens", "saelens-sparse", "sparsify", "dense")
 MODE_NAMES = {"topk": "TopK", "abstopk": "AbsTopK"}
 AUX_COEFFICIENT = 1 / 32  # absae's default (train.TrainConfig.aux_coefficient); used for sparsify too
 Step = Callable[[], None]
@@ -96,11 +98,11 @@ def floor_step(x: torch.Tensor, d_sae: int, k: int, mode: str, amp: torch.dtype 
 
 
 def absae_step(x: torch.Tensor, d_sae: int, k: int, mode: str, amp: torch.dtype | None, dead: torch.Tensor | None,
-               fused_adam: bool = False) -> Step:
+               loop_adam: bool = False) -> Step:
     """The loop body of absae_lib.train.train_sae on the fast k-sparse path (see the module docstring)."""
     B, d_in = x.shape
     W_enc, b_enc, W_dec, b_dec = params = make_params(d_in, d_sae, x.device)
-    optimizer = torch.optim.Adam(params, lr=1e-4, fused=True if fused_adam else None)
+    optimizer = torch.optim.Adam(params, lr=1e-4) if loop_adam else adam(params, 1e-4, (0.9, 0.999))
     workspace = Workspace()
     tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=x.device)
     k_aux = d_in // 2
@@ -109,7 +111,7 @@ def absae_step(x: torch.Tensor, d_sae: int, k: int, mode: str, amp: torch.dtype 
         with autocast(x.device, amp):
             out = sparse_forward(x, W_enc, b_enc, W_dec, b_dec, k, mode, dead_mask=dead,
                                  k_aux=k_aux if dead is not None else None, workspace=workspace)
-            mse = (x - out.recon.float()).pow(2).sum(-1).mean()
+            mse = batch_mse(x, out.recon.float())
             loss = mse + AUX_COEFFICIENT * out.aux_loss if dead is not None else mse
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,8 +240,8 @@ def build_steps(names: list[str], modes: list[str], amps: list[torch.dtype | Non
                         fn = absae_step(x, d_sae, k, mode, amp, dead)
                     elif name == "absae-noaux":
                         fn = absae_step(x, d_sae, k, mode, amp, None)
-                    elif name == "absae-fused":
-                        fn = absae_step(x, d_sae, k, mode, amp, dead, fused_adam=True)
+                    elif name == "absae-loopadam":
+                        fn = absae_step(x, d_sae, k, mode, amp, dead, loop_adam=True)
                     elif name == "dense":
                         fn = dense_step(x, d_sae, k, mode, amp)
                     elif name in ("saelens", "saelens-sparse"):

@@ -1,7 +1,7 @@
 """Where absae's training step spends its time: torch.profiler over a few steps, grouped by operator.
 
     python benchmarks/profile_step.py [--d-sae 4608] [--k 32] [--mode abstopk] [--dead 0.05] [--dtype fp32]
-                                      [--fused-adam] [--steps 3] [--rows 25]
+                                      [--loop-adam] [--steps 3] [--rows 25]
 
 Runs the step that ``bench_step.py`` times as ``absae`` (``absae_lib.train``'s loop body on the fast path) and prints
 the operators by self CPU time (the sparse kernels' backward shows as ``_SparseDecodeBackward`` and
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--mode", default="abstopk", choices=["topk", "abstopk"])
     parser.add_argument("--dead", type=float, default=0.05)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--fused-adam", action="store_true")
+    parser.add_argument("--loop-adam", action="store_true", help="the for-loop Adam instead of the fused one")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=25)
@@ -41,7 +41,7 @@ def main() -> None:
     x = torch.randn(args.batch, args.d_in)
     amp = torch.bfloat16 if args.dtype == "bf16" else None
     dead = (torch.rand(args.d_sae, generator=torch.Generator().manual_seed(1)) < args.dead) if args.dead > 0 else None
-    step = absae_step(x, args.d_sae, args.k, args.mode, amp, dead, fused_adam=args.fused_adam)
+    step = absae_step(x, args.d_sae, args.k, args.mode, amp, dead, loop_adam=args.loop_adam)
     floor = floor_step(x, args.d_sae, args.k, args.mode, amp)
     for _ in range(2):
         step(), floor()
@@ -52,7 +52,7 @@ def main() -> None:
             with record_function("floor"):
                 floor()
     print(f"{args.mode}, d_sae {args.d_sae}, k {args.k}, B {args.batch}, {args.dtype}, dead {args.dead}, "
-          f"{'fused' if args.fused_adam else 'default'} Adam, {args.steps} steps; {load_note()}")
+          f"{'for-loop' if args.loop_adam else 'fused'} Adam, {args.steps} steps; {load_note()}")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 

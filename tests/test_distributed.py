@@ -26,6 +26,18 @@ def _data() -> torch.Tensor:
     return torch.randn(1024, 12, generator=generator) @ torch.randn(12, 12, generator=generator) + 0.5
 
 
+def _data_with_late_nan() -> tuple[torch.Tensor, int]:
+    """200,000 rows, one of them NaN, read only by rank 1 at step 256: an odd row (train_sae's first look checks
+    every second row of data this size), outside the 32,768 rows that initialise b_dec (steps 0-255), in the
+    second half of that step's batch (rank 1's slice)."""
+    data = torch.randn(200_000, 12, generator=torch.Generator().manual_seed(5))
+    step, config = 256, _configs()["abstopk"]
+    rows = train.batch_indices(step, config.batch_size, len(data), config.seed)[config.batch_size // 2:]
+    bad_row = int(rows[rows % 2 == 1][0])
+    data[bad_row, 3] = float("nan")
+    return data, bad_row
+
+
 def _configs() -> dict[str, TrainConfig]:
     common = dict(d_sae=48, batch_size=128, n_steps=10, warmup_steps=2, seed=3, device="cpu", progress=False,
                   log_every=1, autocast="off", aux_coefficient=0.0, dead_window_tokens=384)
@@ -65,6 +77,15 @@ def _worker(rank: int, folder: str) -> None:
     dist.barrier()
     sae, _ = train_sae(data, config)  # resumes from step 4
     out["resumed"] = {"state": sae.state_dict()}
+
+    # A NaN in a row only rank 1 reads, at a step late enough that the rows checked at the start miss it.
+    bad_data, bad_row = _data_with_late_nan()
+    try:
+        train_sae(bad_data, TrainConfig(**{**vars(_configs()["abstopk"]), "n_steps": 260}))
+        out["nan_error"] = None
+    except ValueError as err:
+        out["nan_error"] = str(err)
+    out["bad_row"] = bad_row
     torch.save(out, f"{folder}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -132,3 +153,12 @@ def test_batch_order_is_the_per_step_randperm_order():
 
     for step in range(0, 12):  # 100 rows, batches of 30: steps 3, 6 and 9 straddle two epochs
         assert torch.equal(train.batch_indices(step, 30, 100, 7), old_batch_indices(step, 30, 100, 7))
+
+
+def test_a_nan_on_one_rank_stops_every_rank_naming_the_row(two_ranks):
+    # Without the reduction over ranks, rank 1 raised alone and rank 0 waited forever in its next all-reduce.
+    _, ranks = two_ranks
+    for rank in ranks:
+        assert rank["nan_error"] is not None, "a rank trained on past the NaN"
+        assert f"row(s) {rank['bad_row']} hold NaN" in rank["nan_error"]
+        assert "step 256" in rank["nan_error"]

@@ -12,7 +12,9 @@ from absae_lib.sparse import (
     auxk_loss,
     auxk_loss_from_codes,
     auxk_select,
+    batch_mse,
     fast_step,
+    remove_parallel_grad_,
     select,
     sparse_decode,
     sparse_encode,
@@ -206,6 +208,21 @@ def test_sparse_forward_auxk_gradients_match_dense(mode, aux_method, dead_every)
 
 
 @pytest.mark.parametrize("aux_method", AUX_METHODS)
+def test_sparse_forward_auxk_gradient_in_the_input_matches_dense(aux_method):
+    # The AuxK routes skip ∂x in training (x is data); when x does require a gradient it must still be right.
+    B, d_in, d_sae, k, k_aux = 6, 8, 40, 3, 5
+    params = make_params(d_in, d_sae, seed=20)
+    x = torch.randn(B, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(21)).requires_grad_()
+    dead = torch.arange(d_sae) % 3 == 0
+    out = sparse_forward(x, *params, k, "abstopk", dead_mask=dead, k_aux=k_aux, aux_method=aux_method)
+    recon_ref, _, pre_ref = dense_forward(x, *params, k, "abstopk")
+    aux_ref = dense_auxk(pre_ref, dead, (x - recon_ref).detach(), params[2], k_aux, signed=True)
+    (grad,) = torch.autograd.grad(out.aux_loss, (x,))
+    (grad_ref,) = torch.autograd.grad(aux_ref, (x,))
+    torch.testing.assert_close(grad, grad_ref)
+
+
+@pytest.mark.parametrize("aux_method", AUX_METHODS)
 def test_sparse_forward_auxk_is_zero_when_nothing_is_dead(aux_method):
     params = make_params(6, 20)
     x = torch.randn(5, 6, dtype=torch.float64)
@@ -326,3 +343,24 @@ def test_training_with_fast_step_matches_dense_training(mode):
     fvu_fast = train(x, mode, sparse=True)
     assert fvu_dense < 0.5  # it learned something
     assert abs(fvu_fast - fvu_dense) < 0.02 * fvu_dense + 1e-3, (fvu_fast, fvu_dense)
+
+
+def test_remove_parallel_grad_keeps_only_the_perpendicular_part():
+    # Rows of different norms (not yet renormalised): the update must use w/‖w‖, and leave the rest of g alone.
+    g = torch.Generator().manual_seed(30)
+    W_dec = (torch.randn(9, 5, dtype=torch.float64, generator=g) * torch.linspace(0.5, 3.0, 9)[:, None])
+    W_dec.requires_grad_()
+    before = torch.randn(9, 5, dtype=torch.float64, generator=g)
+    W_dec.grad = before.clone()
+    remove_parallel_grad_(W_dec)
+    after, w = W_dec.grad, W_dec.detach()
+    torch.testing.assert_close((after * w).sum(-1), torch.zeros(9, dtype=torch.float64), atol=1e-12, rtol=0)
+    removed = before - after  # must be a multiple of each row: c·w with c = ⟨g, w⟩ / ‖w‖²
+    c = (before * w).sum(-1) / (w * w).sum(-1)
+    torch.testing.assert_close(removed, c[:, None] * w)
+
+
+def test_batch_mse_is_the_squared_error_summed_over_features_averaged_over_rows():
+    x = torch.zeros(4, 3)
+    recon = torch.tensor([[1.0, 0, 0], [1, 1, 0], [1, 1, 1], [2, 0, 0]])
+    assert batch_mse(x, recon).item() == pytest.approx((1 + 2 + 3 + 4) / 4)

@@ -253,3 +253,17 @@ def test_numpy_data_trains():
     x = signed_atoms(n=2048)
     sae, _ = train_sae(x.numpy(), quick("abstopk", n_steps=3))
     assert sae.encode(x[:4].numpy()).shape == (4, 96)
+
+
+def test_adam_fused_takes_the_same_steps_as_the_for_loop_adam():
+    # train_sae takes the fused kernel where torch has one; it must be Adam with the given lr and betas.
+    target = torch.linspace(-2, 2, 50)
+    params = [torch.zeros(50, requires_grad=True), torch.zeros(50, requires_grad=True)]
+    fused, loop = train.adam([params[0]], 0.05, (0.8, 0.99)), torch.optim.Adam([params[1]], lr=0.05, betas=(0.8, 0.99))
+    for _ in range(40):
+        for p, opt in zip(params, (fused, loop)):
+            opt.zero_grad()
+            ((p - target) ** 2 * torch.arange(1, 51)).sum().backward()
+            opt.step()
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+    assert (params[0] - target).abs().max() < (target).abs().max()  # and it did move towards the minimum
