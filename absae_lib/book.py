@@ -23,6 +23,8 @@ from absae_lib import atomic
 from absae_lib.paths import cache_dir
 
 REPO_URL = "https://github.com/absae/absae"
+# The records committed with the book (the `cpu` run, and `gpu` ones where a GPU run was committed).
+COMMITTED_RESULTS_URL = "https://raw.githubusercontent.com/absae/absae/main/notebooks/results"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,53 @@ def load_record(chapter: str, profile: str, folder: str | Path | None = None) ->
     """The numbers a chapter recorded (``{}`` if it has not run at that profile)."""
     path = Path(folder or results_dir()) / f"{chapter}.{profile}.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fetch_committed(chapter: str, profile: str, timeout: float) -> dict[str, Any] | None:
+    """The record committed in the repository, or None if there is none at that profile (HTTP 404)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{COMMITTED_RESULTS_URL}/{chapter}.{profile}.json"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read().decode())
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        raise
+
+
+def load_records(chapters: list[str], profile: str, folder: str | Path | None = None, fetch: bool | None = None,
+                 timeout: float = 10.0) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every chapter's record at ``profile``, and where each one came from.
+
+    A record of this runtime (``folder``, default :func:`results_dir`) comes first.  For a chapter without one, and
+    with ``fetch`` (default: on Colab, where a fresh runtime has no records of its own), the record committed in the
+    repository is read over HTTPS: at ``profile`` if one was committed, else the book's ``cpu`` record.
+
+    Returns ({chapter: record or {}}, {chapter: source}), a source being "this runtime", "committed (<profile>)",
+    "committed (cpu; none at <profile>)" or "missing" (with the reason when the download failed).
+    """
+    fetch = on_colab() if fetch is None else fetch
+    records: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for chapter in chapters:
+        records[chapter] = load_record(chapter, profile, folder)
+        sources[chapter] = "this runtime" if records[chapter] else "missing"
+        if records[chapter] or not fetch:
+            continue
+        try:
+            for candidate in dict.fromkeys((profile, "cpu")):
+                found = _fetch_committed(chapter, candidate, timeout)
+                if found:
+                    records[chapter] = found
+                    sources[chapter] = (f"committed ({candidate})" if candidate == profile
+                                        else f"committed ({candidate}; none at {profile})")
+                    break
+        except OSError as err:  # no network, DNS, timeout (urllib's URLError is an OSError)
+            sources[chapter] = f"missing (could not download the committed record: {err})"
+    return records, sources
 
 
 def on_colab() -> bool:

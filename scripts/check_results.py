@@ -22,6 +22,15 @@ def _axis_verdict(axis: dict[str, Any]) -> str:
 
     return axis_verdict(axis)
 
+def _seeded_probe_verdict(d: dict[str, Any]) -> str:
+    """Chapter 6's seeded rule (accuracy_stats.seeded_difference): a win needs both intervals on the same side."""
+    if d["seed_low"] > 0 and d["low"] > 0:
+        return "AbsTopK better"
+    if d["seed_high"] < 0 and d["high"] < 0:
+        return "TopK better"
+    return "tie (within noise)"
+
+
 def _reconstruction_verdict(c: dict[str, Any]) -> str:
     """Chapter 4's rule (absae_lib.study.compare_seeded), recomputed from a recorded comparison of AbsTopK − rival."""
     l0_a, l0_b = c["l0"]
@@ -65,6 +74,11 @@ CHECKS: dict[str, list[Check]] = {
         ("AbsTopK's code sign follows the atom's sign", lambda r: r["abstopk_sign_follows"] > 0.95),
         ("with one latent per atom AbsTopK reconstructs better than TopK",
          lambda r: r["sweep"]["abstopk"]["x1"]["nmse"] < r["sweep"]["topk"]["x1"]["nmse"]),
+        ("over seeds: one value per seed, verdicts follow from the seed intervals (lower is better)", lambda r: all(
+            len(d["abstopk"]) == len(d["topk"]) == len(r["seeds"]) >= 2
+            and d["verdict"] == ("reproduced" if d["seed_ci"][1] < 0 else "contradicted" if d["seed_ci"][0] > 0
+                                 else "tie (within noise)")
+            for d in r["seeded"].values())),
     ],
     "03_train_saes": [
         ("TopK and AbsTopK keep exactly k latents", lambda r: r["l0"]["topk"] == r["l0"]["abstopk"] == r["settings"]["k"]),
@@ -136,6 +150,10 @@ CHECKS: dict[str, list[Check]] = {
         ("splitting counts cover every latent of each group", lambda r: all(
             g["two"] + g["plus only"] + g["minus only"] + g["none"] == g["n"]
             for g in r["splitting"].values() if isinstance(g, dict))),
+        ("splitting with the study's seeds: counts cover the two-signed latents, other seed and null present", lambda r: all(
+            g["two"] + g["plus only"] + g["minus only"] + g["none"] == g["n"] == r["splitting_seeds"]["n_both_signs"]
+            for g in r["splitting_seeds"].values() if isinstance(g, dict))
+            and sum(isinstance(g, dict) for g in r["splitting_seeds"].values()) == 3),
         ("antipodal structure beside a random dictionary", lambda r: all(
             -1 <= c["null"]["median_most_negative"] < 0 for c in r["antipodal_calibration"].values())),
     ],
@@ -166,6 +184,12 @@ CHECKS: dict[str, list[Check]] = {
         ("shuffled-label nulls stay near chance (max of the shuffles < 0.8)", lambda r: all(
             n["max"] < 0.8 for t in r["shuffled_null"].values() for key, x in t.items()
             for n in ([x] if key in ("dim", "dense") else x.values()))),
+        ("seeded AbsTopK vs TopK: one accuracy per seed, verdicts follow from both intervals", lambda r: all(
+            len(d["a"]) == len(d["b"]) == len(r["seeds"]) >= 2
+            and abs(d["difference"] - (sum(d["a"]) - sum(d["b"])) / len(d["a"])) < 1e-9
+            and d["seed_low"] <= d["difference"] + 1e-9 <= d["seed_high"] + 2e-9
+            and d["verdict"] == _seeded_probe_verdict(d)
+            for t in r["tasks"] for d in r["abstopk_vs_topk_seeds"][t].values())),
     ],
     "06b_removal_and_facts": [
         ("SCR: the oracle genre probe beats the biased one", lambda r: r["scr_acc_oracle"] > r["scr_acc_biased"]),

@@ -48,3 +48,36 @@ def test_shuffled_null_is_chance_for_a_real_signal():
     assert real > 0.99
     assert abs(null["mean"] - 0.5) < 0.1 and null["max"] < 0.75 < real
     assert len(null["accuracies"]) == 8
+
+
+def test_seeded_difference_needs_both_the_seeds_and_the_test_set_to_agree():
+    rng = np.random.default_rng(0)
+    n = 400
+    base = rng.random(n) < 0.7
+    # A: B's answers plus 40 more right answers, at every seed: a real, seed-stable win.
+    better = base.copy()
+    better[np.flatnonzero(~base)[:40]] = True
+    a = [better.copy() for _ in range(3)]
+    b = [base.copy() for _ in range(3)]
+    a[1][np.flatnonzero(better)[:3]] = False  # a little seed noise
+    out = accuracy_stats.seeded_difference(a, b, names=("A", "B"))
+    assert out["verdict"] == "A better" and out["seed_low"] > 0 and out["low"] > 0
+    assert out["difference"] == pytest.approx(np.mean([x.mean() for x in a]) - base.mean())
+    flipped = accuracy_stats.seeded_difference(b, a, names=("B", "A"))
+    assert flipped["verdict"] == "A better" and flipped["difference"] == pytest.approx(-out["difference"])
+    # Seeds that disagree (A ahead at two seeds, behind at the third): a tie, however large the test set.
+    worse = base.copy()
+    worse[np.flatnonzero(base)[:40]] = False
+    mixed = accuracy_stats.seeded_difference([better, better, worse], b, names=("A", "B"))
+    assert mixed["verdict"] == accuracy_stats.TIE and mixed["seed_low"] < 0 < mixed["seed_high"]
+    # The same classifier on both sides: a tie with both intervals at 0.
+    same = accuracy_stats.seeded_difference(b, b)
+    assert same["verdict"] == accuracy_stats.TIE and same["difference"] == 0
+
+
+def test_seeded_difference_refuses_mismatched_inputs():
+    one = [np.ones(10, bool), np.zeros(10, bool)]
+    with pytest.raises(ValueError, match="same ≥ 2 seeds"):
+        accuracy_stats.seeded_difference(one[:1], one[:1])
+    with pytest.raises(ValueError, match="same test examples"):
+        accuracy_stats.seeded_difference(one, [np.ones(10, bool), np.ones(9, bool)])
