@@ -5,6 +5,7 @@ The names below are the stable public API; the modules hold the rest.
 
 from absae_lib import prox
 from absae_lib.sae import ARCHITECTURES, SAE, SAEConfig
+from absae_lib.streaming import ActivationStream
 from absae_lib.train import TrainConfig, train_sae
 
 
@@ -15,4 +16,4 @@ def load_model(*args, **kwargs):
     return _load_model(*args, **kwargs)
 
 
-__all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "TrainConfig", "load_model", "prox", "train_sae"]
+__all__ = ["ARCHITECTURES", "ActivationStream", "SAE", "SAEConfig", "TrainConfig", "load_model", "prox", "train_sae"]

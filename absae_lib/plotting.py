@@ -5,7 +5,8 @@ its axes and returns the Figure (several panels) or the Axes (one panel, so a ca
 draw into a grid of its own).  Call :func:`set_style` (or :func:`style`) once at the top of a chapter.
 
 One palette and one set of display names for the SAE architectures live here and nowhere else:
-``COLORS[arch]`` / :func:`color` and ``NAMES[arch]`` / :func:`name`.  Helpers for readable axes: :func:`log_ticks`
+``COLORS[arch]`` / :func:`color` and ``NAMES[arch]`` / :func:`name`; the metrics' display names are
+``METRIC_NAMES`` / :func:`metric_name`.  Helpers for readable axes: :func:`log_ticks`
 (log axis with ticks at the plotted values), :func:`plain_log_axis`, :func:`count_axis`, :func:`note`,
 :func:`legend_outside`, :func:`figure_legend`.
 """
@@ -45,6 +46,21 @@ NAMES: dict[str, str] = {
     "unrolled": "Unrolled",
     "dim": "DiM",
 }
+# Display names of the metrics the chapters tabulate and plot (keys as the records spell them).
+METRIC_NAMES: dict[str, str] = {
+    "l0": "L0",
+    "nmse": "NMSE (all tokens)",
+    "nmse_typical": "NMSE (typical tokens)",
+    "nmse_per_token": "per-token NMSE",
+    "explained_variance": "explained variance",
+    "dead_fraction": "dead share",
+    "dense_fraction": "dense share",
+    "fraction_negative": "negative share",
+    "loss_recovered": "loss recovered",
+    "delta_ce": "ΔCE (nats)",
+    "kl": "KL (nats)",
+    "antipodal_pairs": "± pairs",
+}
 # The book's order of the five trained architectures (legends, tables, bar groups).
 ORDER: tuple[str, ...] = ("standard", "jumprelu", "topk", "batchtopk", "abstopk")
 # Colours for anything that is not an architecture (metrics, solvers, histogram bins): none of them is in COLORS, so
@@ -62,6 +78,11 @@ def _key(name: str) -> str:
 def name(arch: str) -> str:
     """The display name of an architecture ("topk" -> "TopK", "standard" -> "ReLU"); anything else unchanged."""
     return NAMES.get(_key(arch), str(arch))
+
+
+def metric_name(metric: str) -> str:
+    """The display name of a metric ("nmse_per_token" -> "per-token NMSE"); anything else unchanged."""
+    return METRIC_NAMES.get(metric, metric)
 
 
 def style() -> None:
@@ -116,13 +137,69 @@ def log_ticks(ax: Axes, values, axis: str = "x", min_ratio: float = 1.25, fmt: C
     return [float(v) for v in kept]
 
 
-def plain_log_axis(ax: Axes, axis: str = "y", subs: Sequence[float] = (1.0, 2.0, 5.0)) -> None:
-    """A log ``axis`` with ticks at 1, 2, 5 × 10ⁿ labelled as plain numbers (0.05, 0.1, 0.2, ...)."""
+class _ReadableLogLocator(ticker.Locator):
+    """Major ticks of a log axis at m × 10ⁿ, with m from the densest-enough of a few sets.
+
+    ``subs`` is tried first; unless at least ``min_ticks`` of its ticks fall inside the view with one near each
+    end (within a quarter of the view's log span), denser sets are tried (1, 2, 3, 5, 7; then 1–9 with 1.5), then evenly spaced round
+    numbers (0.075–0.145 gets 0.08, 0.1, 0.12, 0.14), so no panel shows a single tick or a long unlabelled
+    stretch.  Over many decades the ticks thin to about one per decade.
+    """
+
+    DENSER: tuple[tuple[float, ...], ...] = ((1.0, 2.0, 3.0, 5.0, 7.0),
+                                             (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
+
+    def __init__(self, subs: Sequence[float] = (1.0, 2.0, 5.0), min_ticks: int = 3, max_ticks: int = 12):
+        self.subs, self.min_ticks, self.max_ticks = tuple(subs), min_ticks, max_ticks
+
+    def __call__(self):
+        vmin, vmax = self.axis.get_view_interval()
+        return self.tick_values(vmin, vmax)
+
+    def tick_values(self, vmin: float, vmax: float) -> list[float]:
+        vmin, vmax = sorted((float(vmin), float(vmax)))
+        if not (np.isfinite(vmin) and np.isfinite(vmax)) or vmax <= 0:
+            return []
+        vmin = max(vmin, vmax * 1e-12)  # a log view's lower end can be 0 before data arrive
+        decades = range(int(np.floor(np.log10(vmin))) - 1, int(np.ceil(np.log10(vmax))) + 1)
+
+        def inside(subs):
+            # round to 12 significant digits so 3 × 10⁻² is 0.03 exactly, as the label says
+            return [float(f"{m * 10.0 ** e:.12g}") for e in decades for m in subs
+                    if vmin * (1 - 1e-9) <= m * 10.0 ** e <= vmax * (1 + 1e-9)]
+
+        span = np.log(vmax / vmin)
+
+        def covers(ticks):  # a tick near each end of the view (within a quarter of its log span): no bare stretch
+            return (len(ticks) >= self.min_ticks and np.log(ticks[0] / vmin) <= 0.25 * span
+                    and np.log(vmax / ticks[-1]) <= 0.25 * span)
+
+        for subs in (self.subs, *self.DENSER):
+            ticks = inside(subs)
+            if covers(ticks) or len(ticks) > self.max_ticks:
+                break
+        else:  # a view too narrow for any of them: evenly spaced round numbers, as a linear axis has
+            linear = ticker.MaxNLocator(nbins=self.min_ticks + 1, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+            linear = [float(f"{v:.12g}") for v in linear if vmin * (1 - 1e-9) <= v <= vmax * (1 + 1e-9) and v > 0]
+            ticks = linear if len(linear) >= 2 else ticks
+        if len(ticks) > self.max_ticks:
+            ticks = inside((1.0,))
+            step = int(np.ceil(len(ticks) / self.max_ticks))
+            ticks = ticks[::step]
+        return ticks
+
+
+def plain_log_axis(ax: Axes, axis: str = "y", subs: Sequence[float] = (1.0, 2.0, 5.0), min_ticks: int = 3) -> None:
+    """A log ``axis`` with ticks at 1, 2, 5 × 10ⁿ labelled as plain numbers (0.05, 0.1, 0.2, ...).
+
+    Where the view spans too little for ``min_ticks`` of those, the ticks get denser (0.07, 0.08, 0.09, 0.1, ...),
+    chosen when the figure is drawn, so it holds for limits set after this call too.
+    """
     if axis not in ("x", "y"):
         raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
     target = ax.xaxis if axis == "x" else ax.yaxis
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-    target.set_major_locator(ticker.LogLocator(base=10, subs=tuple(subs)))
+    target.set_major_locator(_ReadableLogLocator(subs, min_ticks=min_ticks))
     target.set_major_formatter(ticker.FuncFormatter(lambda v, _: _plain(v)))
     target.set_minor_formatter(ticker.NullFormatter())
 
@@ -498,15 +575,20 @@ def plot_sign_balance(fraction_negative, ax: Axes | None = None, bins: int = 20,
 def plot_steering_sweep(sweep, labels: Mapping[str, str], budget: float, axis_name: str,
                         negative_pole: str, positive_pole: str) -> Figure:
     """A ``steering.AxisSweep`` in three panels: judged shift vs α; shift vs perplexity (efficiency, log scale,
-    dotted line at ``budget`` × the unsteered perplexity); multiple-choice accuracy vs α (if measured).
+    dotted line at ``budget`` × the unsteered perplexity); multiple-choice accuracy vs α (if measured).  With the
+    accuracy panel the figure is a 2 × 2 grid whose fourth cell holds the legend; without it, two panels in a row.
 
     ``labels`` {method: legend label}. Activation addition is drawn as lines with filled dots; a method whose name
     ends in "-clamp" as hollow squares on a dotted line, so a clamp that coincides with its *add* (the latent silent)
     shows as squares around the dots instead of hiding them. The cost panel draws each sign of α as its own branch
     out of the unsteered point, ordered by |α|, so a curve never doubles back on itself.
     """
-    panels = 3 if sweep.accuracy else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 4.3))
+    if sweep.accuracy:  # 2 × 2: three panels and the legend, each panel wide enough to read in the book's column
+        fig, grid = plt.subplots(2, 2, figsize=(11, 8.6))
+        axes, legend_ax = [grid[0, 0], grid[0, 1], grid[1, 0]], grid[1, 1]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+        legend_ax = None
     alphas = np.asarray(sweep.alphas, dtype=float)
     branches = [np.flatnonzero(alphas <= 0)[::-1], np.flatnonzero(alphas >= 0)]  # outwards from α = 0
     for method, label in labels.items():
@@ -545,5 +627,10 @@ def plot_steering_sweep(sweep, labels: Mapping[str, str], budget: float, axis_na
         axes[2].set(xlabel="α", ylabel="share of fact questions answered", ylim=(-0.03, 1.03),
                     title="What it costs: facts answered (4 options)")
     fig.tight_layout()
-    figure_legend(fig, axes, ncols=min(4, len(labels)))
+    if legend_ax is None:
+        figure_legend(fig, axes, ncols=min(4, len(labels)))
+    else:
+        legend_ax.axis("off")
+        legend_ax.legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=11,
+                         title="steering method", title_fontsize=11)
     return fig

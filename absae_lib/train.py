@@ -30,6 +30,7 @@ from absae_lib import atomic, distributed, sparse
 from absae_lib.device import RowLoader, autocast_dtype, default_device
 from absae_lib import calibrate, convergence
 from absae_lib.sae import K_SPARSE, SAE, token_norm_coefficient
+from absae_lib.streaming import ActivationStream
 
 STATE_FILENAME = "train_state.pt"
 
@@ -184,7 +185,8 @@ class _FiniteCheck:
         bad = ~(torch.isfinite(x).all() & torch.isfinite(loss.detach()))
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
 
-    def raise_if_bad(self, step: int, rows_of_step, data: Tensor, force: bool = False) -> None:
+    def raise_if_bad(self, step: int, rows_of_step, data: Tensor | None, force: bool = False) -> None:
+        """Raise if any step so far was not finite; ``data`` None (a stream) names no rows."""
         if not force and (step + 1) % self.every:
             return
         # Under torchrun every rank must stop at the same step: a rank that raised alone would leave the others
@@ -193,6 +195,9 @@ class _FiniteCheck:
         bad_step = int(distributed.min_over_ranks(torch.where(self.first_bad < 0, none, self.first_bad)))
         if bad_step == none:
             return
+        if data is None:  # streamed: iter_activations refuses non-finite activations, so the loss diverged
+            raise ValueError(f"the loss became NaN or Inf at step {bad_step}: training diverged; lower lr, or try "
+                             "autocast='off'")
         rows = rows_of_step(bad_step)  # [B] the data rows that step read (on every rank)
         x = data[rows.to(data.device)].float()
         bad = ~torch.isfinite(x).all(-1)
@@ -397,7 +402,10 @@ def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
 
 def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = None,
               eval_data: Any = None) -> tuple[SAE, list[dict]]:
-    """Train an SAE on ``data`` ([n_tokens, d_in] tensor or an ActivationStore).
+    """Train an SAE on ``data``: a [n_tokens, d_in] tensor, an ActivationStore, or an ActivationStream.
+
+    An ``absae_lib.streaming.ActivationStream`` harvests as training goes (no on-disk cache); one step is one
+    ``stream.next_batch``, n_steps defaults to one pass over its token rows, and it trains on one process.
 
     Returns the trained SAE (taking raw, unnormalised activations: the input scale is folded into its weights)
     and the metrics history, one dict per ``log_every`` steps (``pandas.DataFrame(history)`` reads it).
@@ -405,11 +413,19 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     heldout_nmse, heldout_nmse_per_token, heldout_l0, train_sample_nmse and train_sample_nmse_per_token
     (absae_lib.convergence).
     """
-    data = _as_tensor(data)
-    _check_finite(data)
-    n, d_in = data.shape
+    stream = data if isinstance(data, ActivationStream) else None
     device = torch.device(config.device) if config.device else default_device()
     device = distributed.setup(device) or device  # under torchrun: join the group; cuda -> cuda:LOCAL_RANK
+    if stream is None:
+        data = _as_tensor(data)
+        _check_finite(data)
+        setup_rows = data  # the rows the input scale, b_dec and the held-out comparison are drawn from
+    else:
+        if distributed.is_distributed():
+            raise ValueError("an ActivationStream trains on one process; under torchrun, harvest into the on-disk "
+                             "cache (activations.get_activations) and train from it")
+        setup_rows = stream.sample()  # the first buffer fill (harvested now), shuffled
+    n, d_in = (len(stream), stream.d_in) if stream is not None else data.shape
     distributed.local_rows(torch.empty(config.batch_size))  # fails early if the batch does not split over the ranks
     n_steps = config.n_steps or max(1, n // config.batch_size)
     if config.batch_size > n:
@@ -423,9 +439,12 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     if config.input_normalization not in ("global", "per_token"):
         raise ValueError(f"input_normalization must be 'global' or 'per_token', got {config.input_normalization!r}")
     per_token = config.input_normalization == "per_token"  # then no global scale: each token is rescaled anyway
-    scale = input_scale(data) if config.normalize_inputs and not per_token else 1.0
-    init_indices = batch_indices(0, min(n, 32_768), n, config.seed)
-    init_rows = data[init_indices].float().to(device) * scale
+    scale = input_scale(setup_rows) if config.normalize_inputs and not per_token else 1.0
+    if stream is None:
+        init_indices = batch_indices(0, min(n, 32_768), n, config.seed)
+    else:  # the sample is shuffled already
+        init_indices = torch.arange(min(len(setup_rows), 32_768))
+    init_rows = setup_rows[init_indices.to(setup_rows.device)].float().to(device) * scale
     _check_rows_finite(init_rows, init_indices, "training data (rows that initialise b_dec)")
     if per_token:
         init_rows = init_rows * token_norm_coefficient(init_rows)
@@ -444,13 +463,17 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     start = 0
 
     state_path = Path(config.checkpoint_dir) / STATE_FILENAME if config.checkpoint_dir else None
-    data_print = data_fingerprint(data) if state_path is not None else None
+    data_print = None
+    if state_path is not None:
+        data_print = stream.fingerprint() if stream is not None else data_fingerprint(data)
     if state_path is not None and state_path.exists():
         state = _load_state(state_path, device, config, data_print)
         sae.load_state_dict(state["sae"])
         optimizer.load_state_dict(state["optimizer"])
         tokens_since_fired = state["tokens_since_fired"].to(device)
         history, start, scale = state["history"], state["step"], state["scale"]
+        if stream is not None:
+            stream.skip_to(start * config.batch_size)  # new rows from where the interrupted run had got to
     distributed.broadcast_parameters_(sae)  # every rank starts from rank 0's weights (the same seed gives them anyway)
 
     amp_dtype = _autocast_dtype(config, device)
@@ -458,10 +481,11 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if start and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    loader = RowLoader(data, device, distributed.local_rows(torch.empty(config.batch_size)).numel())
+    loader = None if stream is not None else RowLoader(
+        data, device, distributed.local_rows(torch.empty(config.batch_size)).numel())
     fast = k_sparse and config.sparse_step
     workspace = sparse.Workspace()  # the fast path reuses its [B, d_sae] buffers from step to step
-    eval_rows, train_rows = _eval_samples(data, eval_data, config)
+    eval_rows, train_rows = _eval_samples(setup_rows, eval_data, config)
 
     def to_sae_input(rows: Tensor) -> tuple[Tensor, Tensor | float]:  # raw rows -> what the SAE sees, and the factor
         factor = token_norm_coefficient(rows) if per_token else scale
@@ -472,8 +496,11 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc=f"train {config.architecture}",
                disable=not config.progress or not distributed.is_main())
     for step in bar:
-        rows = distributed.local_rows(batch_indices(step, config.batch_size, n, config.seed))  # this rank's slice
-        x = loader.rows(rows).to(torch.float32) * scale
+        if stream is None:
+            rows = distributed.local_rows(batch_indices(step, config.batch_size, n, config.seed))  # this rank's slice
+            x = loader.rows(rows).to(torch.float32) * scale
+        else:
+            x = stream.next_batch(config.batch_size).to(device) * scale
         if per_token:
             x = x * token_norm_coefficient(x)  # [B, d_in], each row of norm √d_in (the SAE does the same at inference)
         for group in optimizer.param_groups:
@@ -495,7 +522,8 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
                     out.pre, dead, (x - out.recon).detach(), sae.W_dec, aux_k, signed=sae.cfg.signed)
                 loss = loss + config.aux_coefficient * aux
         finite.update(step, x, loss)
-        finite.raise_if_bad(step, rows_of_step, data, force=step == n_steps - 1 or (step + 1) % config.checkpoint_every == 0)
+        finite.raise_if_bad(step, rows_of_step, data if stream is None else None,
+                            force=step == n_steps - 1 or (step + 1) % config.checkpoint_every == 0)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         distributed.average_gradients_(sae.parameters())  # the mean over ranks: the whole batch's gradient
@@ -557,7 +585,10 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
         sae.cfg.normalize_activations = "constant_norm_rescale"  # the SAE now normalises raw tokens itself
     if config.calibrate_batchtopk and config.architecture == "batchtopk":
         sae.cfg.metadata["running_threshold"] = sae.threshold[0].item()
-        calibration_rows = data[batch_indices(0, min(n, 8 * config.batch_size), n, config.seed + 1)]
+        if stream is None:
+            calibration_rows = data[batch_indices(0, min(n, 8 * config.batch_size), n, config.seed + 1)]
+        else:  # eight more batches from the stream: rows the final weights were not trained on
+            calibration_rows = torch.cat([stream.next_batch(config.batch_size) for _ in range(8)])
         calibrate.recalibrate_batchtopk_(sae, calibration_rows, config.batch_size)
     sae.cfg.metadata.update(training=json.loads(json.dumps(config.fingerprint())), n_train_tokens=n_steps * config.batch_size)
     return sae, history

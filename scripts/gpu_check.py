@@ -21,6 +21,8 @@ Sections (each is recorded, pass or fail, and a failure does not stop the others
 6. ``pipeline``: a random-weight GPT-2-shaped TransformerLens model on the device: harvest → train → spliced loss,
    and an SAE saved and read back (on the CPU) following the model's device.  Needs ``transformer_lens``; where it
    is not installed the section is skipped with that reason.
+7. ``streaming``: ``train_sae`` from an ``ActivationStream`` on the same kind of model (harvested into a bf16
+   shuffle buffer on the device while training): tokens per second and held-out NMSE.
 
 Results go to ``--out`` (JSON) and a summary to stdout.
 """
@@ -238,16 +240,9 @@ def check_train_sae(device: torch.device, args) -> dict:
 
 
 # --- 6 ----------------------------------------------------------------------------------------------------------
-def check_pipeline(device: torch.device, args) -> dict:
-    try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-    except ImportError as err:
-        return {"ok": None, "skipped": f"transformer_lens is not installed ({err}); carry it as wheels to run this"}
-    from absae_lib import metrics
-    from absae_lib.activations import harvest
-    from absae_lib.sae import SAE
-
-    if args.quick:
+def _random_gpt2(device: torch.device, quick: bool, HookedTransformer, HookedTransformerConfig):
+    """A random-weight GPT-2-shaped model on ``device``, its middle hook, token rows, and an SAE size for it."""
+    if quick:
         shape = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=64, d_vocab=512)
         n_seq, seq_len, d_sae, k = 32, 32, 256, 8
     else:  # GPT-2 small's shape, random weights
@@ -257,6 +252,52 @@ def check_pipeline(device: torch.device, args) -> dict:
     model = HookedTransformer(cfg).eval()
     hook = f"blocks.{shape['n_layers'] // 2}.hook_resid_post"
     tokens = torch.randint(0, shape["d_vocab"], (n_seq, seq_len), generator=torch.Generator().manual_seed(5))
+    return model, shape, hook, tokens, d_sae, k
+
+
+def check_streaming(device: torch.device, args) -> dict:
+    """train_sae from an ActivationStream (harvest into a bf16 shuffle buffer on the device while training)."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as err:
+        return {"ok": None, "skipped": f"transformer_lens is not installed ({err}); carry it as wheels to run this"}
+    from absae_lib.activations import harvest
+    from absae_lib.streaming import ActivationStream
+
+    model, shape, hook, tokens, d_sae, k = _random_gpt2(device, args.quick, HookedTransformer, HookedTransformerConfig)
+    held_out = harvest(model, hook, tokens[-8:], batch_size=8, progress=False)
+    rows = (len(tokens) - 8) * (tokens.shape[1] - 1)
+    stream = ActivationStream(model, hook, tokens[:-8], buffer_rows=min(65_536, rows), storage_dtype=torch.bfloat16)
+    batch = min(4096, stream.buffer_rows // 2)
+    n_steps = 100 if not args.quick else 10
+    config = TrainConfig(architecture="abstopk", d_sae=d_sae, k=k, batch_size=batch, n_steps=n_steps,
+                         device=str(device), progress=False)
+    _sync(device)
+    t0 = time.perf_counter()
+    sae, history = train_sae(stream, config)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        x = held_out.to(device)
+        nmse = ((sae(x).recon - x).pow(2).sum() / x.pow(2).sum()).item()
+    on_device = dev.module_device(sae).type == device.type
+    ok = on_device and math.isfinite(nmse) and nmse < 1.0
+    return {"ok": ok, "steps": n_steps, "batch": batch, "train_s": seconds,
+            "train_tokens_per_s": n_steps * batch / seconds, "rows_harvested": stream.rows_harvested,
+            "refills": stream.refills, "heldout_nmse": nmse, "sae_on_device": on_device}
+
+
+def check_pipeline(device: torch.device, args) -> dict:
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as err:
+        return {"ok": None, "skipped": f"transformer_lens is not installed ({err}); carry it as wheels to run this"}
+    from absae_lib import metrics
+    from absae_lib.activations import harvest
+    from absae_lib.sae import SAE
+
+    model, shape, hook, tokens, d_sae, k = _random_gpt2(device, args.quick, HookedTransformer, HookedTransformerConfig)
+    n_seq = tokens.shape[0]
     t0 = time.perf_counter()
     acts = harvest(model, hook, tokens, batch_size=32, progress=False)  # [n_seq·(seq_len − 1), d_model]
     harvest_s = time.perf_counter() - t0
@@ -281,7 +322,8 @@ def check_pipeline(device: torch.device, args) -> dict:
 
 
 CHECKS = {"environment": check_environment, "sparse_vs_dense": check_sparse_vs_dense, "row_loader": check_row_loader,
-          "step_time": check_step_time, "train_sae": check_train_sae, "pipeline": check_pipeline}
+          "step_time": check_step_time, "train_sae": check_train_sae, "pipeline": check_pipeline,
+          "streaming": check_streaming}
 
 
 def main(argv: list[str] | None = None) -> int:
