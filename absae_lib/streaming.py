@@ -17,8 +17,9 @@ every pass over the data harvests it again, where the on-disk cache (``activatio
 Stream when the activations do not fit on the disk or in RAM; use the cache when they do and several SAEs train on
 the same activations.
 
-Memory: ``buffer_rows × d_model`` values of ``storage_dtype`` on the device (262,144 × 768 in bf16: 0.4 GB), plus
-the model and one forward batch.
+Memory: ``buffer_rows × d_model`` values of ``storage_dtype`` on the device (262,144 × 768 in bf16: 0.4 GB; twice
+that for a moment while it is shuffled), the fp32 set-up sample (``sample_rows × d_model``), the model and one
+forward batch.
 """
 
 from __future__ import annotations
