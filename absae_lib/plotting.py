@@ -357,8 +357,11 @@ def rolling_mean(values, window: int) -> np.ndarray:
     if window < 1:
         raise ValueError(f"window must be at least 1, got {window}")
     kernel = np.ones(window)
-    sums = np.convolve(values, kernel, mode="same")
-    counts = np.convolve(np.ones_like(values), kernel, mode="same")
+    # The centred slice of the full convolution: np.convolve's mode="same" would return [window] entries when the
+    # window is longer than the values (a short training run's few logged rows).
+    start = (window - 1) // 2
+    sums = np.convolve(values, kernel)[start : start + len(values)]
+    counts = np.convolve(np.ones_like(values), kernel)[start : start + len(values)]
     return sums / counts
 
 

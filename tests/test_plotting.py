@@ -67,6 +67,20 @@ def test_plain_log_axis_labels_have_no_powers_of_ten():
 def test_rolling_mean_closed_form():
     np.testing.assert_allclose(plotting.rolling_mean([1.0, 2.0, 3.0, 4.0, 5.0], 3), [1.5, 2.0, 3.0, 4.0, 4.5])
     np.testing.assert_allclose(plotting.rolling_mean([0.1, 1.0, 0.1, 1.0], 1), [0.1, 1.0, 0.1, 1.0])
+    values = np.array([0.3, 1.0, 4.0, 1.5, 9.0, 2.6])
+    for window in range(1, 7):  # what np.convolve(mode="same") gives wherever the window fits
+        kernel = np.ones(window)
+        same = np.convolve(values, kernel, mode="same") / np.convolve(np.ones(6), kernel, mode="same")
+        np.testing.assert_allclose(plotting.rolling_mean(values, window), same)
+
+
+def test_smoothing_a_history_shorter_than_the_window():
+    # The Colab rehearsal's short runs log 3 rows; chapter 3 smooths over 5 (np.convolve "same" returned 5 values).
+    np.testing.assert_allclose(plotting.rolling_mean([1.0, 2.0, 3.0], 5), [2.0, 2.0, 2.0])
+    history = [{"tokens": 1024 * s, "nmse": 1.0 / (s + 1)} for s in (0, 10, 19)]
+    ax = plotting.plot_training_curves({"topk": history}, y="nmse", x="tokens", smooth=5)
+    assert len(ax.lines[-1].get_ydata()) == 3
+    plt.close(ax.figure)
 
 
 def test_training_curves_smooth_use_display_names_and_note_when_all_zero():
