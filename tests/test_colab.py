@@ -1,10 +1,10 @@
 """The Colab rehearsal: chapters 3-8 at the ``gpu`` profile in one fresh runtime, the way Colab runs them, offline.
 
-``pytest -m colab`` (part of ``make test``; ≈ 6 minutes on 2 cores). scripts/colab_fixtures.py builds what a Colab
-runtime would reach: GPT-2 small (here a random-weight GPT-2-shaped model, as a Hub cache entry), the Hub corpus
-(Brown documents as a `datasets` cache entry of NeelNanda/pile-10k), `google.colab`, the install cell's pip, and an
-import blocker under which only what `pip install "absae[colab]"` brings can be imported. Sizes are shrunk
-($ABSAE_SHRINK, book.shrunk); the code paths are the gpu profile's.
+``pytest -m colab`` (part of ``make test``; 4.5 minutes on 2 idle cores, measured). scripts/colab_fixtures.py builds
+what a Colab runtime would reach: GPT-2 small (here a random-weight GPT-2-shaped model, as a Hub cache entry), the
+Hub corpus (Brown documents as a `datasets` cache entry of NeelNanda/pile-10k), `google.colab`, the install cell's
+pip, and an import blocker under which only what `pip install "absae[colab]"` brings can be imported. Sizes are
+shrunk ($ABSAE_SHRINK, book.shrunk); the code paths are the gpu profile's.
 
 The chapters run one after another with papermill in one runtime: one empty cache (seeded only with the Brown corpus,
 as its download leaves it) and one working folder standing for /content, whose results/ chapter 8 reads. Then chapter 8
@@ -215,7 +215,7 @@ def test_records_have_content_not_zeros(rehearsal):
     assert all(r8["sources"][c] == "committed (cpu; none at gpu)" for c in ("01_prox", "02_toy")), r8["sources"]
     # what was skipped says so, with the reason, in chapter 8's table of tasks (was: "not run")
     ravel, refusal = r8["task_table"]["RAVEL"], r8["task_table"]["refusal steering (HarmBench ↑)"]
-    assert not r6b["ravel_skipped"] or all(v.startswith(("skipped: ", "not measurable")) for v in ravel.values())
+    assert not r6b["ravel_skipped"] or all(v.startswith("skipped: ") for v in ravel.values()), ravel
     assert all(v.startswith("skipped: ") and "chat template" in v for v in refusal.values()), refusal
 
 
