@@ -82,6 +82,12 @@ test: setup
 	$(MAKE) smoke book check-book
 	$(PY) -m pytest -q tests
 
+# The Colab rehearsal alone (tests/test_colab.py; `make test` runs it with the other tests): chapters 3-8 at a shrunken
+# gpu profile on offline stand-ins for GPT-2, the Hub corpus, google.colab and the install cell.
+.PHONY: colab
+colab: setup
+	$(PY) -m pytest -q -m colab tests
+
 # --- benchmarks (benchmarks/RESULTS.md; run them on an otherwise idle machine) ---------------------------------------
 # The tables go to $(BENCH_OUT)/*.md as well as the screen; ≈ 1 hour on 2 idle cores.
 .PHONY: bench-setup

