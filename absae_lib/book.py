@@ -43,6 +43,7 @@ class Settings:
     corpus: str = "brown"  # "brown" (offline) or "hub:<dataset name>" (Colab)
     n_tokens: int = 1_000_000  # training activations
     n_eval_tokens: int = 50_000  # held-out activations for reconstruction metrics
+    storage_dtype: str = "float32"  # of the on-disk activation cache ("bfloat16" halves it)
     seq_len: int = 128
     d_sae: int = 4608  # 8× the model width for SmolLM2 (576)
     k: int = 32
@@ -71,9 +72,13 @@ PROFILES: dict[str, Settings] = {
     "smoke": Settings("smoke", n_tokens=40_960, n_eval_tokens=8_192, d_sae=1152, k=16, batch_size=1024,
                       ce_sequences=8, k_sweep=(8, 16), study_d_sae=576, study_steps=120, seeds=(0, 1)),
     "cpu": Settings("cpu"),
-    "gpu": Settings("gpu", model_name="gpt2-small", layer=6, corpus="hub:NeelNanda/pile-10k", n_tokens=8_000_000,
-                    n_eval_tokens=200_000, d_sae=12_288, k=64, lr=5e-4, ce_sequences=256, k_sweep=(32, 64, 128, 256),
-                    study_d_sae=12_288, study_steps=5_859),
+    # Sized so each chapter finishes in ≤ 20 minutes on a free Colab T4 from a fresh runtime (estimated from operation
+    # counts by absae_lib.gpu_budget; no GPU has measured it): 4M tokens in bf16 (6.4 GB of disk, and of page cache
+    # while training) rather than 8M in fp32 (25 GB on a 12.7 GB-RAM runtime); the study at 8× the model width for
+    # three passes, as the cpu study does, because chapter 4 trains ~25 SAEs and ReLU/JumpReLU calibration searches.
+    "gpu": Settings("gpu", model_name="gpt2-small", layer=6, corpus="hub:NeelNanda/pile-10k", n_tokens=4_000_000,
+                    n_eval_tokens=200_000, storage_dtype="bfloat16", d_sae=12_288, k=64, lr=5e-4, ce_sequences=256,
+                    k_sweep=(32, 64, 128, 256), study_d_sae=6_144, study_steps=2_930),
 }
 
 
@@ -106,12 +111,25 @@ def shrink_requested() -> bool:
     return os.environ.get(SHRINK_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def default_profile() -> str:
+    """``$ABSAE_PROFILE`` if set; else "gpu" on a Colab runtime with a CUDA GPU (what a reader who opened a badge and
+    picked a GPU wants); else "cpu" (the book's embedded model)."""
+    if os.environ.get("ABSAE_PROFILE"):
+        return os.environ["ABSAE_PROFILE"]
+    if on_colab():
+        import torch
+
+        if torch.cuda.is_available():
+            return "gpu"
+    return "cpu"
+
+
 def settings(profile: str | None = None, **overrides: Any) -> Settings:
-    """The settings of ``profile`` (default ``$ABSAE_PROFILE`` or "cpu"), with any non-None override applied.
+    """The settings of ``profile`` (default :func:`default_profile`), with any non-None override applied.
 
     With ``$ABSAE_SHRINK`` set, the profile is :func:`shrunk` first (the overrides still win).
     """
-    profile = profile or os.environ.get("ABSAE_PROFILE", "cpu")
+    profile = profile or default_profile()
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     base = shrunk(PROFILES[profile]) if shrink_requested() else PROFILES[profile]

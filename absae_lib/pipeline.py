@@ -53,7 +53,7 @@ def model(s: Settings):
 def activation_store(s: Settings) -> ActivationStore:
     """Training + held-out activations at ``s.hook_name``: ``s.n_tokens + s.n_eval_tokens`` rows, cached."""
     request = dict(model_name=s.model_name, hook_name=s.hook_name, corpus=s.corpus,
-                   n_tokens=s.n_tokens + s.n_eval_tokens, seq_len=s.seq_len, seed=s.seed)
+                   n_tokens=s.n_tokens + s.n_eval_tokens, seq_len=s.seq_len, seed=s.seed, storage_dtype=s.storage_dtype)
     try:  # a finished cache needs no model
         return get_activations(None, **request)
     except ValueError:
@@ -81,7 +81,7 @@ def word_class_rows(s: Settings, held_out: ActivationStore) -> tuple[ActivationS
         store = held_out
     else:
         request = dict(model_name=s.model_name, hook_name=s.hook_name, corpus="brown", n_tokens=s.n_eval_tokens,
-                       seq_len=s.seq_len, seed=s.seed)
+                       seq_len=s.seq_len, seed=s.seed, storage_dtype=s.storage_dtype)
         try:  # a finished cache needs no model
             store = get_activations(None, **request)
         except ValueError:

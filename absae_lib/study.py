@@ -9,7 +9,7 @@ held-out curve in its history), cached like every other SAE of the book:
     normalisation TopK and AbsTopK, first seed, under both input normalisations ("global", "per_token").
     sweep         TopK, BatchTopK and AbsTopK at every k in s.k_sweep (first seed; the headline seeds give the noise
                   band).  ReLU and JumpReLU only at the headline k: each of their points costs a calibration search.
-    unrolled      the AbsTopK prox unrolled T = 2 times (tied), at k = s.k: beyond the paper.
+    unrolled      the AbsTopK prox unrolled T = 2 and 3 times (tied), and T = 2 untied, at k = s.k: beyond the paper.
 
 ``python -m absae_lib.study --profile cpu`` trains them all (chapters 3 and 4 then only read the cache).
 """
@@ -32,7 +32,9 @@ SWEPT = ("topk", "batchtopk", "abstopk")
 NORMALISATIONS = ("global", "per_token")
 UNROLLED = {  # display name -> SAEConfig fields (the AbsTopK prox, ISTA steps)
     "unrolled T=2 tied": dict(unrolled_steps=2, unrolled_tied=True),
-}  # T = 3 and the untied (LISTA-style) variants are left out: each costs 2.5-4 TopK runs on 2 CPU cores
+    "unrolled T=3 tied": dict(unrolled_steps=3, unrolled_tied=True),
+    "unrolled T=2 untied": dict(unrolled_steps=2, unrolled_tied=False),  # later steps reuse W_enc (LISTA-style)
+}
 
 
 class Trained(NamedTuple):
@@ -62,22 +64,21 @@ def unrolled(s: book.Settings, name: str, k: int | None = None) -> Trained:
     return Trained(*pipeline.trained(s, config))
 
 
+def jobs(s: book.Settings) -> list[tuple[str, int, int, str]]:
+    """Every (architecture, k, seed, normalisation) of the study, once each, the claims' SAEs first."""
+    other = {"global": "per_token", "per_token": "global"}[s.study_normalization]
+    runs = [(a, s.k, s.seeds[0], n) for n in (s.study_normalization, other) for a in ("topk", "abstopk")]
+    runs += [(a, s.k, seed, s.study_normalization) for a, seed in headline_runs(s)]
+    runs += [(a, k, s.seeds[0], s.study_normalization) for k in s.k_sweep for a in SWEPT]
+    return list(dict.fromkeys(runs))
+
+
 def train_all(s: book.Settings) -> None:
     """Train (or find in the cache) every SAE of the study, the claims' SAEs first."""
-    other = {"global": "per_token", "per_token": "global"}[s.study_normalization]
-    jobs: list[tuple[str, Any]] = [(f"{a} seed {s.seeds[0]} {n}", (a, s.k, s.seeds[0], n))
-                                   for n in (s.study_normalization, other) for a in ("topk", "abstopk")]
-    jobs += [(f"{a} seed {seed}", (a, s.k, seed, None)) for a, seed in headline_runs(s)]
-    jobs += [(f"{a} k {k}", (a, k, s.seeds[0], None)) for k in s.k_sweep for a in SWEPT]
-    done = set()
-    for name, (a, k, seed, n) in jobs:
-        key = (a, k, seed, n or s.study_normalization)
-        if key in done:
-            continue
-        done.add(key)
+    for a, k, seed, n in jobs(s):
         start = time.perf_counter()
         sae(s, a, k, seed=seed, normalization=n)
-        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"{a} k {k} seed {seed} {n}: {time.perf_counter() - start:.0f} s", flush=True)
     for name in UNROLLED:
         start = time.perf_counter()
         unrolled(s, name)

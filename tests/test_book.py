@@ -136,3 +136,30 @@ def test_shrink_is_read_from_the_environment(value, on, monkeypatch):
     monkeypatch.setenv(book.SHRINK_ENV, value)
     assert book.shrink_requested() is on
     assert book.settings("cpu").shrunk is on
+
+
+@pytest.mark.parametrize("env, colab, cuda, expected", [
+    ("smoke", True, True, "smoke"),  # $ABSAE_PROFILE (and papermill's -p profile) always win
+    (None, True, True, "gpu"),       # a Colab runtime with a GPU: the profile a reader who picked a GPU wants
+    (None, True, False, "cpu"),      # Colab without a GPU
+    (None, False, True, "cpu"),      # a GPU elsewhere: the book's default, unless asked
+])
+def test_the_default_profile_is_gpu_only_on_a_colab_gpu(env, colab, cuda, expected, monkeypatch):
+    import sys
+    import types
+
+    import torch
+
+    monkeypatch.delenv("ABSAE_SHRINK", raising=False)
+    if env is None:
+        monkeypatch.delenv("ABSAE_PROFILE", raising=False)
+    else:
+        monkeypatch.setenv("ABSAE_PROFILE", env)
+    if colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert book.default_profile() == expected
+    assert book.settings(None).profile == expected
+    assert book.settings("cpu").profile == "cpu"  # a profile given in the parameters cell is kept
