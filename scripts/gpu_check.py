@@ -166,18 +166,19 @@ def check_row_loader(device: torch.device, args) -> dict:
 
 
 # --- 4 ----------------------------------------------------------------------------------------------------------
-def _matmul_peak_tflops(device: torch.device, args) -> float:
+def _matmul_peak_tflops(device: torch.device, args, dtype: torch.dtype) -> float:
     size = 1024 if args.quick else 8192
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     t = time_ms(lambda: a @ b, device, reps=args.reps)["median_ms"]
     return 2 * size**3 / (t / 1000) / 1e12
 
 
 def check_step_time(device: torch.device, args) -> dict:
     d_ins, ks, batch = ((32,), (4,), 256) if args.quick else ((768, 2304), (64, 230), 4096)
-    amp = torch.bfloat16 if device.type == "cuda" or dev.bf16_is_fast(device) else None
-    peak = _matmul_peak_tflops(device, args) if amp else float("nan")
+    # The dtype training autocasts to there: bf16 where native (compute capability ≥ 8), fp16 on a T4, else fp32.
+    amp = dev.autocast_dtype(device)
+    peak = _matmul_peak_tflops(device, args, amp) if amp else float("nan")
     rows = []
     for d_in in d_ins:
         d_sae = 16 * d_in
@@ -215,7 +216,7 @@ def check_step_time(device: torch.device, args) -> dict:
                 del params, optimizer, workspace
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    return {"ok": all(math.isfinite(r["step_ms"]) for r in rows), "bf16_matmul_peak_tflops": peak, "rows": rows}
+    return {"ok": all(math.isfinite(r["step_ms"]) for r in rows), "matmul_peak_tflops": peak, "autocast": str(amp), "rows": rows}
 
 
 # --- 5 ----------------------------------------------------------------------------------------------------------
