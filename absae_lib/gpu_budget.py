@@ -49,7 +49,7 @@ MODEL_SHAPES = {"gpt2-small": (768, 3072, 12, 50257), "smollm2-135m": (576, 1536
 
 # Chapter analysis measured at cpu with every SAE cached (``runtime_s`` in its record, seconds on 2 cores), and how
 # many times more examples / passes the gpu profile's parameters cell asks for (N_PER_CLASS 1000 vs 400, ...).
-CPU_ANALYSIS_S = {"05": 174.0, "06": 281.0, "06b": 135.0, "07": 622.0}
+CPU_ANALYSIS_S = {"05": 161.0, "06": 191.0, "06b": 110.0, "07": 583.0}
 GPU_WORK_RATIO = {"05": 2.5, "06": 2.5, "06b": 1.5, "07": 3.0}
 
 
