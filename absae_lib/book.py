@@ -73,12 +73,12 @@ PROFILES: dict[str, Settings] = {
                       ce_sequences=8, k_sweep=(8, 16), study_d_sae=576, study_steps=120, seeds=(0, 1)),
     "cpu": Settings("cpu"),
     # Sized so each chapter finishes in ≤ 20 minutes on a free Colab T4 from a fresh runtime (estimated from operation
-    # counts by absae_lib.gpu_budget; no GPU has measured it): 4M tokens in bf16 (6.4 GB of disk, and of page cache
+    # counts by absae_lib.gpu_budget; no GPU has measured it): 3.5M tokens in bf16 (5.7 GB of disk, and of page cache
     # while training) rather than 8M in fp32 (25 GB on a 12.7 GB-RAM runtime); the study at 8× the model width for
-    # three passes, as the cpu study does, because chapter 4 trains ~25 SAEs and ReLU/JumpReLU calibration searches.
-    "gpu": Settings("gpu", model_name="gpt2-small", layer=6, corpus="hub:NeelNanda/pile-10k", n_tokens=4_000_000,
+    # three passes, as the cpu study does, because chapter 4 trains 25 SAEs and ReLU/JumpReLU calibration searches.
+    "gpu": Settings("gpu", model_name="gpt2-small", layer=6, corpus="hub:NeelNanda/pile-10k", n_tokens=3_500_000,
                     n_eval_tokens=200_000, storage_dtype="bfloat16", d_sae=12_288, k=64, lr=5e-4, ce_sequences=256,
-                    k_sweep=(32, 64, 128, 256), study_d_sae=6_144, study_steps=2_930),
+                    k_sweep=(32, 64, 128, 256), study_d_sae=6_144, study_steps=2_563),
 }
 
 

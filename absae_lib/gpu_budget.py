@@ -5,9 +5,11 @@ counts the work a chapter does in a *fresh* runtime (every badge opens one): the
 same lists :mod:`absae_lib.study` and the chapters use), the spliced-in loss passes, and its analysis.  It turns
 FLOPs and bytes into seconds with a :class:`GPU`'s sustained rates, which are assumptions stated here:
 
-    T4 (free Colab): 65 TFLOP/s fp16 tensor-core peak, 320 GB/s.  We assume 20 TFLOP/s sustained for the SAE's
-    large matmuls (B 4096 × d 768 × m 6144-12288), 6 TFLOP/s for the language model's smaller ones, 250 GB/s for
-    elementwise and top-k passes, and 2 ms of fixed cost per training step (launches, Adam, the dead-latent count).
+    T4 (free Colab): 65 TFLOP/s fp16 tensor-core peak, 8.1 TFLOP/s fp32, 320 GB/s.  We assume 20 TFLOP/s
+    sustained for the SAE's large matmuls (fp16 autocast: B 4096 × d 768 × m 6144-12288), 4 TFLOP/s for the
+    language model's forward pass (fp32: a T4 has no native bf16, so the harvest and the spliced-in loss run in the
+    model's dtype), 250 GB/s for elementwise and top-k passes, and 2 ms of fixed cost per training step (launches,
+    Adam, the dead-latent count).
 
 The analysis of chapters 5-7 (probes, patches, generations) is scaled from its measured ``cpu`` time (two CPU
 cores, SAEs cached) by how much more the ``gpu`` profile does, divided by an assumed 10× speed-up of a T4 over two
@@ -39,7 +41,7 @@ class GPU:
     analysis_speedup: float  # the GPU over two CPU cores on the chapters' analysis passes
 
 
-T4 = GPU("T4 (free Colab)", sae_flops=20e12, model_flops=6e12, bandwidth=250e9, step_overhead_s=2e-3,
+T4 = GPU("T4 (free Colab)", sae_flops=20e12, model_flops=4e12, bandwidth=250e9, step_overhead_s=2e-3,
          analysis_speedup=10.0)
 
 SETUP_S = 180.0  # the install cell's pip install, the model and the Hub dataset download (assumed)
