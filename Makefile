@@ -108,6 +108,7 @@ bench: bench-setup
 		--k 32 --reps 3 --no-goals | tee $(BENCH_OUT)/step_vs_d_sae.md
 	$(PY) benchmarks/bench_step.py --steps floor absae $(BENCH_PEER) --modes abstopk --d-sae 4608 --k 16 32 64 128 256 \
 		--reps 3 --no-goals | tee $(BENCH_OUT)/step_vs_k.md
+	$(PY) benchmarks/bench_threshold_step.py --d-sae 1152 4608 --reps 5 | tee $(BENCH_OUT)/threshold_step.md
 	$(PY) benchmarks/bench_harvest.py --scaling | tee $(BENCH_OUT)/harvest.md
 	$(PY) benchmarks/bench_book.py --profile smoke --cold --twice | tee $(BENCH_OUT)/book_smoke.md
 

@@ -54,9 +54,16 @@ class Settings:
     seed: int = 0
     device: str | None = None
     # Chapter 4's reconstruction study (SAEs trained to a plateau, matched L0, several seeds) has its own width and
-    # length: on 2 CPU cores a 4608-latent ReLU/JumpReLU step costs 1.4-2 s, a 1152-latent one 0.3 s (measured).
+    # length: on 2 CPU cores a 4608-latent ReLU/JumpReLU step cost 1.4-2 s dense, a 1152-latent one 0.3 s (measured;
+    # their sparse steps are ~3× cheaper now, benchmarks/RESULTS.md §7).
     study_d_sae: int = 1152
-    study_steps: int = 732  # 3 passes over n_tokens at batch_size; chapter 3 shows the held-out curve
+    # Steps per study SAE: 6 passes over n_tokens at batch_size, where TopK, AbsTopK and ReLU meet the plateau rule
+    # (the last 20% of steps improve held-out NMSE by < 2%, benchmarks/RESULTS.md §6); chapter 3 shows the curves.
+    study_steps: int = 1464
+    # Architectures that need more passes than that to plateau, as a multiple of study_steps: BatchTopK improved by
+    # 2.06% over the last 20% of six passes and 1.74% over nine; JumpReLU (L0 weight 0.5) by 2.84% over six, its L0
+    # still creeping up (RESULTS.md §6).
+    study_step_factors: tuple[tuple[str, float], ...] = (("batchtopk", 1.5), ("jumprelu", 1.5))
     study_normalization: str = "per_token"  # chosen in chapter 4 from the measured comparison (see there)
     seeds: tuple[int, ...] = (0, 1, 2)
     # True for a run at toy sizes ($ABSAE_SHRINK, see shrunk): its records say so, and must never stand in for the
@@ -67,6 +74,11 @@ class Settings:
     def hook_name(self) -> str:
         return f"blocks.{self.layer}.hook_resid_post"
 
+    def study_steps_for(self, architecture: str) -> int:
+        """Training steps of a study SAE of ``architecture``: ``study_steps``, times its study_step_factors entry."""
+        factor = dict(self.study_step_factors).get(architecture, 1.0)
+        return max(1, round(self.study_steps * factor))
+
 
 PROFILES: dict[str, Settings] = {
     "smoke": Settings("smoke", n_tokens=40_960, n_eval_tokens=8_192, d_sae=1152, k=16, batch_size=1024,
@@ -75,10 +87,12 @@ PROFILES: dict[str, Settings] = {
     # Sized so each chapter finishes in ≤ 20 minutes on a free Colab T4 from a fresh runtime (estimated from operation
     # counts by absae_lib.gpu_budget; no GPU has measured it): 3.5M tokens in bf16 (5.7 GB of disk, and of page cache
     # while training) rather than 8M in fp32 (25 GB on a 12.7 GB-RAM runtime); the study at 8× the model width for
-    # three passes, as the cpu study does, because chapter 4 trains 25 SAEs and ReLU/JumpReLU calibration searches.
+    # three passes for every architecture (the cpu study's six, nine for BatchTopK and JumpReLU, would not fit chapter
+    # 4's 20 minutes: it trains ~30 SAEs and ReLU/JumpReLU calibration searches), so chapter 3's plateau check says
+    # whether its SAEs converged.
     "gpu": Settings("gpu", model_name="gpt2-small", layer=6, corpus="hub:NeelNanda/pile-10k", n_tokens=3_500_000,
                     n_eval_tokens=200_000, storage_dtype="bfloat16", d_sae=12_288, k=64, lr=5e-4, ce_sequences=256,
-                    k_sweep=(32, 64, 128, 256), study_d_sae=6_144, study_steps=2_563),
+                    k_sweep=(32, 64, 128, 256), study_d_sae=6_144, study_steps=2_563, study_step_factors=()),
 }
 
 
@@ -96,8 +110,8 @@ def shrunk(s: Settings) -> Settings:
 
     The sizes are SHRUNK_SIZES, and the first two of ``s.seeds`` (two are what a seed interval needs). What is
     relative stays relative: ``k_sweep`` keeps its ratios to ``k`` (gpu's (32, 64, 128, 256) at k = 64 becomes
-    (8, 16, 32, 64) at k = 16) and ``study_steps`` its passes over the training tokens (3 for every profile: 48
-    steps).
+    (8, 16, 32, 64) at k = 16) and ``study_steps`` its passes over the training tokens (cpu's 6 passes are 96
+    steps, gpu's 3 are 48).
     """
     k = SHRUNK_SIZES["k"]
     passes = s.study_steps * s.batch_size / s.n_tokens

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     s = book.settings(args.profile)
     print(f"{s.model_name} {s.hook_name}: {s.n_tokens:,} training tokens, d_sae {s.study_d_sae}, k {s.k}, "
-          f"{s.study_steps} steps, {s.study_normalization} input normalisation, seeds {list(s.seeds)}; "
+          "steps " + ", ".join(f"{a} {s.study_steps_for(a)}" for a in args.architectures)
+          + f", {s.study_normalization} input normalisation, seeds {list(s.seeds)}; "
           f"{s.n_eval_tokens:,} held-out tokens, {s.ce_sequences} held-out sequences for the loss")
     table = compare(s, args.architectures)
     print(table.to_markdown())

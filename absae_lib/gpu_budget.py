@@ -134,8 +134,9 @@ def _study_saes(s: book.Settings, runs: list[tuple[str, int, int, str]], gpu: GP
     jobs = []
     for architecture, k, seed, normalization in runs:
         trials = calibration_trials if architecture in CALIBRATION and seed == s.seeds[0] else 1
-        seconds = trials * training_seconds(s, architecture, s.study_d_sae, s.study_steps, k, gpu,
-                                            eval_every=max(1, s.study_steps // 16))
+        steps = s.study_steps_for(architecture)
+        seconds = trials * training_seconds(s, architecture, s.study_d_sae, steps, k, gpu,
+                                            eval_every=max(1, steps // 16))
         jobs.append(Job(f"study SAE {architecture} k {k} seed {seed} {normalization}"
                         + (f" ({trials} trials)" if trials > 1 else ""), seconds))
     return jobs
@@ -155,8 +156,9 @@ def chapter_jobs(s: book.Settings, chapter: str, gpu: GPU = T4) -> list[Job]:
         runs = study.jobs(s)
         jobs = setup + harvest + _study_saes(s, runs, gpu)
         for name, fields in study.UNROLLED.items():
-            seconds = training_seconds(s, "unrolled", s.study_d_sae, s.study_steps, s.k, gpu,
-                                       unrolled_steps=fields["unrolled_steps"], eval_every=max(1, s.study_steps // 16))
+            steps = s.study_steps_for("unrolled")
+            seconds = training_seconds(s, "unrolled", s.study_d_sae, steps, s.k, gpu,
+                                       unrolled_steps=fields["unrolled_steps"], eval_every=max(1, steps // 16))
             jobs.append(Job(f"study SAE {name}", seconds))
         jobs.append(Job(f"spliced-in loss, {len(runs) + len(study.UNROLLED)} SAEs",
                         spliced_loss_seconds(s, len(runs) + len(study.UNROLLED), gpu)))

@@ -34,8 +34,12 @@ from absae_lib.train import TrainConfig, train_sae
 #   coefficient made no difference (c = 0.05 and 0.15 both ended at L0 12, starting from 32), so, as the paper does,
 #   we set JumpReLU's sparsity through θ: θ starts where JUMPRELU_START_L0 × k latents fire, and the early encoder
 #   updates bring L0 down (measured: k = 16, 32, 64 ended at L0 14, 18, 25; chapters 3 and 4 print it).
+#   These SAEs keep the straight-through kernel they were trained with, ε = 0.001 (BOOK_JUMPRELU_BANDWIDTH), which is
+#   also why θ barely moves: at this input scale a latent sees ~0.2 tokens of a batch inside so narrow a kernel.
+#   Chapter 4's study uses the paper's width scaled to the input (TrainConfig.jumprelu_bandwidth's default).
 DEFAULT_SPARSITY = {"standard": 2.5, "jumprelu": 0.05}
 JUMPRELU_START_L0 = 2.6  # ≈ 32 / 12.3, the drop seen when starting at L0 = 32
+BOOK_JUMPRELU_BANDWIDTH = 0.001
 
 
 @lru_cache(maxsize=2)
@@ -124,6 +128,8 @@ def train_config(s: Settings, architecture: str, k: int | None = None, **overrid
         base["sparsity_coefficient"] = DEFAULT_SPARSITY[architecture]
         # start at the target sparsity; ReLU's coefficient then holds or moves it (see DEFAULT_SPARSITY)
         base["init_l0"] = k if architecture == "standard" else min(JUMPRELU_START_L0 * k, s.d_sae / 2)
+    if architecture == "jumprelu":
+        base["jumprelu_bandwidth"] = BOOK_JUMPRELU_BANDWIDTH
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -176,26 +182,35 @@ def trained(s: Settings, config: TrainConfig) -> tuple[SAE, list[dict]]:
 
 def study_config(s: Settings, architecture: str, k: int | None = None, seed: int | None = None,
                  normalization: str | None = None, **overrides: Any) -> TrainConfig:
-    """The study's recipe: the book's recipe at ``s.study_d_sae`` latents for ``s.study_steps`` steps, held-out NMSE
-    and L0 in the history 16 times per run, BatchTopK's threshold set from its final weights."""
-    base: dict[str, Any] = dict(d_sae=s.study_d_sae, n_steps=s.study_steps, eval_every=max(1, s.study_steps // 16),
+    """The study's recipe: the book's recipe at ``s.study_d_sae`` latents for ``s.study_steps_for(architecture)``
+    steps, held-out NMSE and L0 in the history 16 times per run, BatchTopK's threshold set from its final weights,
+    ReLU and JumpReLU starting at L0 = k (their penalty weight then holds it, see CALIBRATION)."""
+    n_steps = s.study_steps_for(architecture)
+    base: dict[str, Any] = dict(d_sae=s.study_d_sae, n_steps=n_steps, eval_every=max(1, n_steps // 16),
                                 seed=s.seed if seed is None else seed,
                                 input_normalization=normalization or s.study_normalization, progress=False)
     if architecture == "batchtopk":
         base["calibrate_batchtopk"] = True
     if architecture in ("standard", "jumprelu"):
-        k = k or s.k
-        base["init_l0"] = k if architecture == "standard" else min(JUMPRELU_START_L0 * k, s.study_d_sae / 2)
+        base["init_l0"] = k or s.k
+    if architecture == "jumprelu":
+        base["jumprelu_bandwidth"] = None  # 0.001·√d_in: θ learns (see TrainConfig.jumprelu_bandwidth)
     base.update(overrides)
     return train_config(s, architecture, k, **base)
 
 
-# Where the matched-L0 search looks, as (knob, low, first guess, high), relative to the target L0 for init_l0:
-# ReLU through its L1 coefficient, JumpReLU through where its thresholds start (absae_lib.calibrate).  Measured on
-# the cpu study (1152 latents, 732 steps, per-token normalisation): ReLU c = 1, 1.85, 2.5 ended at L0 70, 32, 21;
-# JumpReLU's thresholds barely move in these runs (started at L0 160, it ended at 146), so its L0 ends near where
-# it starts and the first guess is just above k.
-CALIBRATION = {"standard": ("sparsity_coefficient", 1.0, 2.5, 6.0), "jumprelu": ("init_l0", 0.8, 1.1, 2.6)}
+# Where the matched-L0 search looks, as (knob, low, first guess, high), relative to the target L0 for init_l0.  Both
+# start at L0 = k (study_config) and are matched through their penalty weight (absae_lib.calibrate).  Measured on the
+# cpu study (1152 latents, per-token normalisation, 1464 steps):
+# - ReLU: c = 1.8455 ended at L0 27.3 (at 732 steps c = 1, 1.85, 2.5 ended at 70, 32, 21: L0 ∝ c^-1.3), so the first
+#   guess is 1.8455 · (27.3/32)^(1/1.3) and the high end is that cached run.
+# - JumpReLU, with the input-scaled kernel (TrainConfig.jumprelu_bandwidth): L0 weight 0.5 took L0 from 32 to 22 by
+#   step 400, then it crept up to 28 by step 1464 as the dictionary improved.  (With the old ε = 0.001 neither 0.05
+#   nor 0.25 held it: it fell, then climbed to 53 and 47.)  The study trains JumpReLU for 1.5 × study_steps, where
+#   the search tried 0.45, 0.8 and 0.505 (L0 34.5, 18.5, 30.1 on the trainer's held-out sample; RESULTS.md §7).
+#   ReLU's first guess 1.63 landed at 33.2 in one trial.
+CALIBRATION = {"standard": ("sparsity_coefficient", 1.2, 1.63, 1.8455),
+               "jumprelu": ("sparsity_coefficient", 0.25, 0.45, 0.8)}
 
 
 def matched_sae(s: Settings, architecture: str, k: int | None = None, seed: int | None = None,

@@ -495,6 +495,7 @@ class SparseForward(NamedTuple):
     codes: Codes  # the kept codes (values differentiable)
     pre: Tensor  # [B, d_sae] pre-activations, detached (a workspace buffer when one was given)
     aux_loss: Tensor  # scalar AuxK loss (0 without a dead mask)
+    penalty: Tensor | None = None  # ReLU / JumpReLU (absae_lib.sparse_threshold): the unweighted sparsity penalty
 
     def fired(self, d_sae: int) -> Tensor:
         """[d_sae] bool: latents with a non-zero code somewhere in the batch."""

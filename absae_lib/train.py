@@ -6,7 +6,9 @@ on inputs scaled so that E‖x‖ = √d_in.  Adam with a linear LR warm-up and 
 kept unit-norm (the gradient component along each row removed before the step, the row renormalised after);
 W_enc starts as W_decᵀ and b_dec as the data mean (or geometric median).  ReLU and JumpReLU get their sparsity
 coefficient c(t) warmed up from 0; the k-sparse variants (TopK, BatchTopK, AbsTopK) need no penalty but get the
-AuxK loss of Gao et al. (2024), which lets latents that have not fired for a while explain the residual.
+AuxK loss of Gao et al. (2024), which lets latents that have not fired for a while explain the residual.  The step
+is sparse wherever it can be (only the encoder matmul then scales with d_sae): the k-sparse SAEs
+(absae_lib.sparse), the ISTA unrolled encoder (sparse_unrolled), ReLU and JumpReLU on CPU (sparse_threshold).
 
 Training is deterministic given the seed, checkpoints every ``checkpoint_every`` steps, and resumes exactly: the
 batch order is a function of (seed, step), so a resumed run ends with the same weights as an uninterrupted one.
@@ -28,6 +30,8 @@ from tqdm.auto import tqdm
 
 from absae_lib import atomic, distributed, sparse
 from absae_lib.device import RowLoader, autocast_dtype, default_device
+from absae_lib.sparse_threshold import threshold_forward
+from absae_lib.sparse_unrolled import unrolled_forward
 from absae_lib import calibrate, convergence
 from absae_lib.sae import K_SPARSE, SAE, token_norm_coefficient
 from absae_lib.streaming import ActivationStream
@@ -56,7 +60,7 @@ class TrainConfig:
     dead_window_tokens: int = 200_000  # a latent silent for this many training tokens counts as dead
     normalize_inputs: bool = True
     b_dec_init: str = "mean"  # "mean", "median" (geometric) or "zero"
-    sparse_step: bool = True  # the fast k-sparse step for topk/batchtopk/abstopk (absae_lib.sparse)
+    sparse_step: bool = True  # the sparse step where there is one (absae_lib.sparse, sparse_unrolled, sparse_threshold)
     autocast: str = "auto"  # "auto" (bf16 where native, fp16 on older GPUs, else off), "bf16", "fp16" or "off"
     seed: int = 0
     device: str | None = None
@@ -72,6 +76,11 @@ class TrainConfig:
     eval_every: int | None = None  # held-out NMSE/L0 every N steps into the history (train_sae(eval_data=...)); off
     eval_tokens: int = 8192  # held-out rows evaluated (and as many training rows, for the train/held-out gap)
     calibrate_batchtopk: bool = False  # BatchTopK: set the inference threshold from the final weights (calibrate.py)
+    # JumpReLU: the width ε of the straight-through rectangle kernel that gives θ its gradient, in the trainer's units
+    # (E‖x‖ = √d_in).  None: 0.001·√d_in, Rajamanoharan et al.'s ε = 0.001 at unit-norm inputs (SAELens's default
+    # 0.05 is the same rule at d_in 2304).  Too narrow a kernel starves θ: at ε = 0.001 here (d_in 576) a latent saw
+    # 0.17 tokens per 4096-row batch inside it, θ barely learned and L0 drifted away from what the L0 weight asks.
+    jumprelu_bandwidth: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that would be misread or fail late (0 steps, empty batches, fractions outside [0, 1])."""
@@ -113,6 +122,14 @@ class TrainConfig:
             number("init_l0", self.init_l0, 0.0)
             if self.init_l0 == 0:
                 raise ValueError("TrainConfig.init_l0 must be positive (latents firing per token), got 0")
+        if self.jumprelu_bandwidth is not None:
+            number("jumprelu_bandwidth", self.jumprelu_bandwidth, 0.0)
+            if self.jumprelu_bandwidth == 0:
+                raise ValueError("TrainConfig.jumprelu_bandwidth must be positive (None: 0.001·√d_in), got 0")
+        in_kwargs = (self.sae_kwargs or {}).get("jumprelu_bandwidth")
+        if in_kwargs is not None and self.jumprelu_bandwidth is not None and in_kwargs != self.jumprelu_bandwidth:
+            raise ValueError(f"two JumpReLU kernel widths: jumprelu_bandwidth={self.jumprelu_bandwidth} and "
+                             f"sae_kwargs['jumprelu_bandwidth']={in_kwargs}; set one (TrainConfig.jumprelu_bandwidth)")
         count("aux_k", self.aux_k, optional=True)
         count("dead_window_tokens", self.dead_window_tokens)
         choice("b_dec_init", self.b_dec_init, ("mean", "median", "zero"))
@@ -132,10 +149,17 @@ class TrainConfig:
         for key, default in _LATER_FIELDS.items():  # added later: in the fingerprint only when set, so the cache
             if d[key] == default:  # keys (and checkpoints) of runs that do not use them stay what they were
                 d.pop(key)
+        # JumpReLU runs trained before the kernel width was a field all had ε = 0.001: only that width keeps their
+        # keys; any other (the default, 0.001·√d_in, included) gives a new one.  The other architectures never read it.
+        bandwidth = d.pop("jumprelu_bandwidth")
+        in_kwargs = (self.sae_kwargs or {}).get("jumprelu_bandwidth")  # then sae_kwargs (in the key) carries it
+        if self.architecture == "jumprelu" and in_kwargs is None and bandwidth != OLD_JUMPRELU_BANDWIDTH:
+            d["jumprelu_bandwidth"] = "0.001*sqrt(d_in)" if bandwidth is None else bandwidth
         d["betas"] = list(d["betas"])
         return d
 
 
+OLD_JUMPRELU_BANDWIDTH = 0.001  # what every JumpReLU run had before TrainConfig.jumprelu_bandwidth existed
 _LATER_FIELDS = {"input_normalization": "global", "eval_every": None, "eval_tokens": 8192, "calibrate_batchtopk": False}
 
 
@@ -329,12 +353,34 @@ class _Forward(NamedTuple):
 
 
 def _forward(sae: SAE, x: Tensor, fast: bool, dead: Tensor | None, k_aux: int, workspace: sparse.Workspace) -> _Forward:
+    if fast and sae.cfg.architecture in ("standard", "jumprelu"):
+        jump = sae.cfg.architecture == "jumprelu"
+        out = threshold_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.architecture,
+                                sae.threshold if jump else None, sae.cfg.jumprelu_bandwidth if jump else None,
+                                workspace)
+        if out is not None:
+            return _Forward(recon=out.recon, pre=out.pre, codes=None, fast=out)
+        fast = False  # too many codes this step to gain from sparse products
+    if fast and sae.cfg.architecture == "unrolled":
+        out = unrolled_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.step, sae.cfg.k, sae.cfg.unrolled_prox,
+                               sae.cfg.unrolled_steps, sae.cfg.unrolled_tied, workspace)
+        return _Forward(recon=out.recon, pre=out.pre, codes=None, fast=out)
     if fast:
         out = sparse.sparse_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k, sae.cfg.architecture,
                                     dead_mask=dead, k_aux=k_aux if dead is not None else None, workspace=workspace)
         return _Forward(recon=out.recon, pre=out.pre, codes=None, fast=out)
     out = sae(x)
     return _Forward(recon=out.recon, pre=out.pre, codes=out.codes, fast=None)
+
+
+def jumprelu_bandwidth(config: TrainConfig, d_in: int) -> float:
+    """The JumpReLU kernel width ε the trainer uses: ``config.jumprelu_bandwidth``, else one given as an SAEConfig
+    field in ``config.sae_kwargs``, else 0.001·√d_in (the paper's ε = 0.001 for unit-norm inputs, at the trainer's
+    input scale E‖x‖ = √d_in)."""
+    if config.jumprelu_bandwidth is not None:
+        return config.jumprelu_bandwidth
+    in_kwargs = (config.sae_kwargs or {}).get("jumprelu_bandwidth")
+    return in_kwargs if in_kwargs is not None else 0.001 * math.sqrt(d_in)
 
 
 def _init_firing_rate_(sae: SAE, rows: Tensor, target_l0: float) -> None:
@@ -431,7 +477,10 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
     if config.batch_size > n:
         raise ValueError(f"batch_size {config.batch_size} is larger than the data ({n} rows); lower it or add data")
     torch.manual_seed(config.seed)
-    sae = SAE(d_in, config.d_sae, config.architecture, config.k, **(config.sae_kwargs or {})).to(device)
+    sae_kwargs = dict(config.sae_kwargs or {})
+    if config.architecture == "jumprelu":
+        sae_kwargs["jumprelu_bandwidth"] = jumprelu_bandwidth(config, d_in)
+    sae = SAE(d_in, config.d_sae, config.architecture, config.k, **sae_kwargs).to(device)
     sae.cfg.metadata.update(metadata or {})
     k_sparse = config.architecture in K_SPARSE
     aux_k = min(config.aux_k or d_in // 2, config.d_sae)
@@ -483,7 +532,11 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
         scaler.load_state_dict(state["scaler"])
     loader = None if stream is not None else RowLoader(
         data, device, distributed.local_rows(torch.empty(config.batch_size)).numel())
-    fast = k_sparse and config.sparse_step
+    # The sparse step: the k-sparse SAEs (absae_lib.sparse), the ISTA unrolled encoder (absae_lib.sparse_unrolled),
+    # and on CPU ReLU and JumpReLU (absae_lib.sparse_threshold: it lists its support with a host sync, free on CPU
+    # but a stall on a GPU, whose dense decoder is cheap anyway; a step with a dense support takes the dense path).
+    fast = config.sparse_step and (k_sparse or (config.architecture in ("standard", "jumprelu") and device.type == "cpu")
+                                   or (config.architecture == "unrolled" and sae.cfg.unrolled_solver == "ista"))
     workspace = sparse.Workspace()  # the fast path reuses its [B, d_sae] buffers from step to step
     eval_rows, train_rows = _eval_samples(setup_rows, eval_data, config)
 
@@ -514,7 +567,8 @@ def train_sae(data: Any, config: TrainConfig, metadata: dict[str, Any] | None = 
             aux = torch.zeros((), device=device)
             if sae.variant.penalty is not None:
                 coefficient = config.sparsity_coefficient * min(1.0, step / max(1, config.sparsity_warmup_fraction * n_steps))
-                penalty = sae.penalty(out)  # dense path: out.pre and out.codes are what the penalty reads
+                # the sparse step computed it; the dense one reads out.pre and out.codes
+                penalty = out.fast.penalty if out.fast is not None else sae.penalty(out)
                 loss = loss + coefficient * penalty
             if dead is not None:
                 # AuxK (Gao et al. 2024): the top-k_aux dead latents try to explain the residual x − x̂.

@@ -14,8 +14,8 @@ per-token NMSE by < 2%), the final held-out per-token NMSE and L0, the train/hel
 (0 when the SAE came from the cache).  ``--time-steps N`` instead times N steps of each architecture (the same
 recipe on the profile's training rows, no held-out evaluation, nothing cached) at every ``--d-sae`` × ``--batch``,
 the cost model for choosing a study that fits the run's budget, and ``--budget`` adds up what every SAE of
-``study.jobs`` and the unrolled encoders would cost at a given length.  ``--lr``, ``--batch`` and
-``--jumprelu-coefficient`` change the recipe (and so the cache key).  Run it alone: two jobs on two cores time each
+``study.jobs`` and the unrolled encoders would cost at a given length.  ``--lr``, ``--batch``,
+``--jumprelu-coefficient`` and ``--jumprelu-bandwidth`` change the recipe (and so the cache key).  Run it alone: two jobs on two cores time each
 other.  ``benchmarks/plateau.cpu.json`` holds the rows and step times RESULTS.md §6 reports.
 """
 
@@ -35,10 +35,11 @@ KNOB_AT_732 = {"standard": 1.8455, "jumprelu": 59.6}  # chapter 4's matched-L0 s
 
 
 def run(s: book.Settings, architecture: str, steps: int, knob: float | None, batch_size: int | None = None,
-        lr: float | None = None, jumprelu_coefficient: float | None = None) -> dict:
+        lr: float | None = None, jumprelu_coefficient: float | None = None,
+        jumprelu_bandwidth: float | None = None) -> dict:
     """Train (or read) one study SAE of ``steps`` steps (of ``batch_size`` rows at learning rate ``lr``, default the
     book's); its plateau, final held-out scores and cost."""
-    at = replace(s, study_steps=steps)
+    at = replace(s, study_steps=steps, study_step_factors=())  # exactly `steps`, whatever the architecture
     overrides: dict = {} if batch_size is None else {"batch_size": batch_size}
     if lr is not None:
         overrides["lr"] = lr
@@ -48,6 +49,8 @@ def run(s: book.Settings, architecture: str, steps: int, knob: float | None, bat
         overrides["init_l0"] = knob
         if jumprelu_coefficient is not None:
             overrides["sparsity_coefficient"] = jumprelu_coefficient
+        if jumprelu_bandwidth is not None:  # 0.001 gives the kernel of the runs before it was scaled with √d_in
+            overrides["jumprelu_bandwidth"] = jumprelu_bandwidth
     config = pipeline.study_config(at, architecture, **overrides)
     cached = (pipeline.sae_folder(at, config) / "history.json").exists()
     start = time.perf_counter()
@@ -83,16 +86,18 @@ def step_time(s: book.Settings, architecture: str, d_sae: int, batch_size: int, 
 
 
 def budget(s: book.Settings, step_ms: dict[str, float], steps: int, search_trials: int) -> dict[str, float]:
-    """Minutes of training in chapter 4's study (``study.jobs`` and the unrolled encoders) at ``steps`` steps each,
+    """Minutes of training in chapter 4's study (``study.jobs`` and the unrolled encoders) at ``steps`` steps each
+    (times the profile's ``study_step_factors`` for the architectures that train longer),
     from measured ms per step {architecture: ms}; a ReLU/JumpReLU search costs ``search_trials`` runs (its other
     seeds one run each: they reuse the value found)."""
+    at = replace(s, study_steps=steps)  # the profile's longer runs (study_step_factors) stay longer
     minutes = {"k-sparse": 0.0, "ReLU/JumpReLU": 0.0, "unrolled": 0.0}
     for architecture, k, seed, _ in study.jobs(s):
         runs = search_trials if architecture in pipeline.CALIBRATION and seed == s.seeds[0] else 1
         group = "ReLU/JumpReLU" if architecture in pipeline.CALIBRATION else "k-sparse"
-        minutes[group] += runs * steps * step_ms[architecture] / 60_000
+        minutes[group] += runs * at.study_steps_for(architecture) * step_ms[architecture] / 60_000
     for name in study.UNROLLED:
-        minutes["unrolled"] += steps * step_ms[name] / 60_000
+        minutes["unrolled"] += at.study_steps_for("unrolled") * step_ms[name] / 60_000
     return minutes | {"total": sum(minutes.values())}
 
 
@@ -111,6 +116,9 @@ def main() -> None:
     parser.add_argument("--jumprelu-coefficient", type=float, default=None,
                         help="JumpReLU's L0 penalty weight (default: the book's, pipeline.DEFAULT_SPARSITY)")
     parser.add_argument("--lr", type=float, default=None, help="the learning rate (default: the book's)")
+    parser.add_argument("--jumprelu-bandwidth", type=float, default=None,
+                        help="JumpReLU's straight-through kernel width (default: the study's, 0.001·√d_in; 0.001 "
+                             "reproduces the rows measured before that fix)")
     parser.add_argument("--budget", default=None, metavar="STEP_TIMES_JSON",
                         help="only print the study's training minutes at each --steps, from a --time-steps file")
     parser.add_argument("--search-trials", type=int, default=2, help="with --budget: runs per ReLU/JumpReLU search")
@@ -143,7 +151,7 @@ def main() -> None:
     for steps in args.steps:
         for architecture in args.arch:
             row = run(s, architecture, steps, knobs.get(architecture), (args.batch or [None])[0], args.lr,
-                      args.jumprelu_coefficient)
+                      args.jumprelu_coefficient, args.jumprelu_bandwidth)
             rows.append(row)
             print(f"{architecture:>9} {steps:5d} steps of {row['batch_size']}, lr {row['lr']:g}: last 20% improved "
                   f"{row['improvement_last_20pct']:+.2%} "

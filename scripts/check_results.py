@@ -16,6 +16,12 @@ from typing import Any, Callable
 Check = tuple[str, Callable[[dict[str, Any]], bool]]
 
 
+def _study_steps(settings: dict[str, Any], architecture: str) -> int:
+    """A study SAE's steps from a record's settings (book.Settings.study_steps_for, on the JSON form)."""
+    factor = dict((a, f) for a, f in settings.get("study_step_factors", [])).get(architecture, 1.0)
+    return max(1, round(settings["study_steps"] * factor))
+
+
 def _axis_verdict(axis: dict[str, Any]) -> str:
     """Chapter 5's verdict for one axis, recomputed from the recorded numbers (absae_lib.bidirectional)."""
     from absae_lib.bidirectional import axis_verdict
@@ -90,7 +96,7 @@ CHECKS: dict[str, list[Check]] = {
         ("SAELens reads our folders with identical codes", lambda r: r["saelens_codes_match"] is True),
         ("position 0 is an outlier (why it is dropped)", lambda r: r["position0_norm_ratio"] > 10),
         ("the study's SAEs ran their steps, with a held-out curve that falls", lambda r: all(
-            r["n_steps"][v] == r["settings"]["study_steps"] and len(r["heldout_curve"][v]) >= 8
+            r["n_steps"][v] == _study_steps(r["settings"], v) and len(r["heldout_curve"][v]) >= 8
             and r["heldout_curve"][v][-1][1] < r["heldout_curve"][v][0][1] for v in r["n_steps"])),
         ("passes = steps × batch / tokens", lambda r: all(
             abs(r["epochs"][v] - r["n_steps"][v] * r["settings"]["batch_size"] / r["settings"]["n_tokens"]) < 1e-9

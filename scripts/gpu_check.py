@@ -10,6 +10,8 @@ Sections (each is recorded, pass or fail, and a failure does not stop the others
 2. ``sparse_vs_dense``: the fast k-sparse step (``absae_lib.sparse.sparse_forward``) on the device against the dense
    reference (``prox`` activations + ``z @ W_dec`` through autograd): reconstruction and all four gradients, fp32
    and under bf16 autocast, for TopK, BatchTopK and AbsTopK.
+   ``unrolled_vs_dense``: the sparse unrolled (ISTA) step (``absae_lib.sparse_unrolled``) against dense autograd
+   through ``SAE.forward``, fp32, T = 2 and 3 tied and T = 2 untied: reconstruction and every gradient.
 3. ``row_loader``: pinned, non-blocking host-to-device batches (``device.RowLoader``) equal plain indexing, over many
    batches in flight (a staging buffer reused too early would corrupt one).
 4. ``step_time``: one training step (sparse forward, MSE, backward, decoder-parallel gradient removed, Adam,
@@ -146,6 +148,31 @@ def check_sparse_vs_dense(device: torch.device, args) -> dict:
             passed = checked < tolerance
             ok &= passed
             cases.append({"mode": mode, "autocast": str(amp), "ok": passed, "tolerance": tolerance, **errors})
+    return {"ok": ok, "sizes": {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch}, "cases": cases}
+
+
+def check_unrolled_vs_dense(device: torch.device, args) -> dict:
+    """The sparse unrolled (ISTA) step (absae_lib.sparse_unrolled) against dense autograd through SAE.forward, fp32."""
+    from absae_lib import SAE
+    from absae_lib.sparse_unrolled import unrolled_forward
+
+    d_in, d_sae, k, batch = (32, 256, 8, 64) if args.quick else (768, 6144, 64, 1024)
+    x = torch.randn(batch, d_in, generator=torch.Generator().manual_seed(2)).to(device)
+    cases, ok = [], True
+    for n_steps, tied in ((2, True), (3, True), (2, False)):
+        torch.manual_seed(0)
+        sae = SAE(d_in, d_sae, "unrolled", k, unrolled_steps=n_steps, unrolled_tied=tied).to(device)
+        params = list(sae.parameters())
+        ref = sae(x).recon
+        grads_ref = torch.autograd.grad((x - ref).pow(2).sum(-1).mean(), params)
+        out = unrolled_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.step, k, "abstopk", n_steps, tied)
+        grads_fast = torch.autograd.grad((x - out.recon).pow(2).sum(-1).mean(), params)
+        errors = {"recon": _relative_error(out.recon, ref)}
+        errors.update({f"grad_{name}": _relative_error(a, b) for (name, _), a, b in
+                       zip(sae.named_parameters(), grads_fast, grads_ref)})
+        passed = max(errors.values()) < 1e-4
+        ok &= passed
+        cases.append({"unrolled_steps": n_steps, "tied": tied, "ok": passed, **errors})
     return {"ok": ok, "sizes": {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch}, "cases": cases}
 
 
@@ -322,7 +349,8 @@ def check_pipeline(device: torch.device, args) -> dict:
             **{key: loss[key] for key in ("ce_clean", "ce_spliced", "ce_zero", "loss_recovered")}}
 
 
-CHECKS = {"environment": check_environment, "sparse_vs_dense": check_sparse_vs_dense, "row_loader": check_row_loader,
+CHECKS = {"environment": check_environment, "sparse_vs_dense": check_sparse_vs_dense,
+          "unrolled_vs_dense": check_unrolled_vs_dense, "row_loader": check_row_loader,
           "step_time": check_step_time, "train_sae": check_train_sae, "pipeline": check_pipeline,
           "streaming": check_streaming}
 

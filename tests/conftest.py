@@ -13,6 +13,16 @@ from absae_lib.models import embedded_model_folder, load_model
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """For tests of tiny tensors: a second thread only adds sync overhead, which is huge when the cores are shared.
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def model():
     """The embedded SmolLM2 ``HookedTransformer`` (CPU, fp32, eval mode). Tests must not modify its weights."""

@@ -21,15 +21,7 @@ from absae_lib.sparse import (
     sparse_forward,
 )
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second thread only adds sync overhead, which is huge when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 def make_params(d_in, d_sae, dtype=torch.float64, seed=0):

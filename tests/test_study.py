@@ -131,3 +131,35 @@ def test_calibration_from_a_wrong_first_guess_goes_the_right_way():
     with pytest.raises(ValueError, match="outside"):
         calibrate.calibrate_l0(None, rows, TrainConfig("standard", d_sae=16, k=None), 8.0, low=2.0, high=32.0,
                                first=40.0, train=train)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
+def test_study_steps_per_architecture_survive_the_record(profile):
+    """check_results recomputes each study SAE's steps from the record's JSON settings as Settings does."""
+    from dataclasses import asdict
+
+    from absae_lib import book, pipeline
+
+    s = book.settings(profile)
+    plain = book._plain(asdict(s))
+    for architecture in ("standard", "jumprelu", "topk", "batchtopk", "abstopk", "unrolled"):
+        steps = s.study_steps_for(architecture)
+        assert check_results._study_steps(plain, architecture) == steps
+        if architecture != "unrolled":
+            config = pipeline.study_config(s, architecture)
+            assert (config.n_steps, config.eval_every) == (steps, max(1, steps // 16))
+    longer = dict(s.study_step_factors)
+    assert s.study_steps_for("batchtopk") == round(longer.get("batchtopk", 1.0) * s.study_steps)
+    if profile == "cpu":  # the measured plateau (RESULTS.md §6): six passes, nine for BatchTopK and JumpReLU
+        assert (s.study_steps, s.study_steps_for("batchtopk"), s.study_steps_for("jumprelu")) == (1464, 2196, 2196)
+
+
+def test_study_jumprelu_learns_its_thresholds_and_starts_at_k():
+    """The study's JumpReLU uses the input-scaled kernel and starts at L0 = k; the chapter-3 SAEs keep theirs."""
+    from absae_lib import book, pipeline
+
+    s = book.settings("cpu")
+    config = pipeline.study_config(s, "jumprelu", 16)
+    assert config.jumprelu_bandwidth is None and config.init_l0 == 16
+    assert pipeline.train_config(s, "jumprelu").jumprelu_bandwidth == pipeline.BOOK_JUMPRELU_BANDWIDTH
+    assert pipeline.study_config(s, "standard", 16).init_l0 == 16

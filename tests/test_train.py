@@ -267,3 +267,52 @@ def test_adam_fused_takes_the_same_steps_as_the_for_loop_adam():
             opt.step()
     torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
     assert (params[0] - target).abs().max() < (target).abs().max()  # and it did move towards the minimum
+
+
+# --- JumpReLU's straight-through kernel ---------------------------------------------------------------------------
+
+
+def _thresholds_with_a_gradient(bandwidth: float, d_in: int = 576, d_sae: int = 1152, batch: int = 4096) -> float:
+    """Fraction of a JumpReLU SAE's thresholds whose L0 pseudo-gradient is non-zero on one batch, at the trainer's
+    input scale (every token of norm √d_in) and a firing rate of 32 / d_sae: chapter 4's study's sizes."""
+    from absae_lib.sae import SAE
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * batch, d_in, generator=g)
+    x = x / x.norm(dim=-1, keepdim=True) * math.sqrt(d_in)
+    torch.manual_seed(0)
+    sae = SAE(d_in, d_sae, "jumprelu", jumprelu_bandwidth=bandwidth)
+    train._init_firing_rate_(sae, x[:batch], 32)  # θ sits on one of these rows: measure on the others
+    sae.penalty(sae(x[batch:])).backward()
+    return (sae.threshold.grad != 0).float().mean().item()
+
+
+def test_default_jumprelu_kernel_reaches_most_thresholds_on_every_batch():
+    # The bug this guards: ε = 0.001 (the paper's width for unit-norm inputs) at inputs of norm √576 = 24 caught
+    # ~0.2 tokens per latent per batch, so θ barely learned and the L0 weight could not hold L0 (RESULTS.md §6).
+    default = train.jumprelu_bandwidth(TrainConfig(architecture="jumprelu", k=None), 576)
+    assert default == pytest.approx(0.001 * 24)
+    assert _thresholds_with_a_gradient(default) > 0.9
+    assert _thresholds_with_a_gradient(train.OLD_JUMPRELU_BANDWIDTH) < 0.3
+    assert train.jumprelu_bandwidth(TrainConfig(architecture="jumprelu", k=None, jumprelu_bandwidth=0.05), 576) == 0.05
+
+
+def test_jumprelu_kernel_width_reaches_the_sae_and_its_cache_key():
+    x = signed_atoms(n=2048, d=24)
+    sae, _ = train_sae(x, quick("jumprelu", k=None, n_steps=2, sparsity_coefficient=0.01))
+    assert sae.cfg.jumprelu_bandwidth == pytest.approx(0.001 * math.sqrt(24))
+    old = TrainConfig(architecture="jumprelu", k=None, jumprelu_bandwidth=train.OLD_JUMPRELU_BANDWIDTH)
+    assert "jumprelu_bandwidth" not in old.fingerprint()  # runs from before the field keep their cache keys
+    assert TrainConfig(architecture="jumprelu", k=None).fingerprint()["jumprelu_bandwidth"] == "0.001*sqrt(d_in)"
+    assert TrainConfig(architecture="jumprelu", k=None, jumprelu_bandwidth=0.02).fingerprint()["jumprelu_bandwidth"] == 0.02
+    assert "jumprelu_bandwidth" not in TrainConfig(architecture="topk").fingerprint()  # never read there
+    with pytest.raises(ValueError, match="jumprelu_bandwidth must be positive"):
+        TrainConfig(architecture="jumprelu", k=None, jumprelu_bandwidth=0)
+    with pytest.raises(ValueError, match="two JumpReLU kernel widths"):
+        TrainConfig(architecture="jumprelu", k=None, jumprelu_bandwidth=0.05, sae_kwargs={"jumprelu_bandwidth": 0.1})
+    # an SAEConfig field in sae_kwargs (chapter 2's toy SAEs) is honoured, and keyed through sae_kwargs
+    as_field = TrainConfig(architecture="jumprelu", k=None, sae_kwargs={"jumprelu_bandwidth": 0.1})
+    assert train.jumprelu_bandwidth(as_field, 24) == 0.1 and "jumprelu_bandwidth" not in as_field.fingerprint()
+    sae, _ = train_sae(x, quick("jumprelu", k=None, n_steps=2, sparsity_coefficient=0.01,
+                                sae_kwargs={"jumprelu_bandwidth": 0.1}))
+    assert sae.cfg.jumprelu_bandwidth == 0.1
