@@ -29,8 +29,9 @@ from torch import Tensor
 
 from absae_lib import sparse
 
-# Sparse products beat the dense decoder until about this fraction of [B, d_sae] is non-zero (an embedding_bag
-# gather does ~4× fewer multiply-adds per second than a GEMM here, and the decoder is 2 of the step's 3 matmuls).
+# Above this fraction of [B, d_sae] non-zero, take the dense step.  A guess, not a measured crossover: an
+# embedding_bag gather does ~4× fewer multiply-adds per second than a GEMM here (absae_lib.sparse), so the sparse
+# products lose well before half the codes fire; at the study's L0 ≈ 32 of 1152 (3%) they win 3× (RESULTS.md §7).
 MAX_DENSITY = 1 / 8
 
 
