@@ -9,7 +9,7 @@ held-out curve in its history), cached like every other SAE of the book:
     normalisation TopK and AbsTopK, first seed, under both input normalisations ("global", "per_token").
     sweep         TopK, BatchTopK and AbsTopK at every k in s.k_sweep (first seed; the headline seeds give the noise
                   band).  ReLU and JumpReLU only at the headline k: each of their points costs a calibration search.
-    unrolled      the AbsTopK prox unrolled T = 2 and 3 times (tied), and T = 2 untied, at k = s.k: beyond the paper.
+    unrolled      the AbsTopK prox unrolled T = 2 and 3 times, tied and untied, at k = s.k: beyond the paper.
 
 ``python -m absae_lib.study --profile cpu`` trains them all (chapters 3 and 4 then only read the cache).
 """
@@ -34,6 +34,7 @@ UNROLLED = {  # display name -> SAEConfig fields (the AbsTopK prox, ISTA steps)
     "unrolled T=2 tied": dict(unrolled_steps=2, unrolled_tied=True),
     "unrolled T=3 tied": dict(unrolled_steps=3, unrolled_tied=True),
     "unrolled T=2 untied": dict(unrolled_steps=2, unrolled_tied=False),  # later steps reuse W_enc (LISTA-style)
+    "unrolled T=3 untied": dict(unrolled_steps=3, unrolled_tied=False),
 }
 
 
