@@ -69,13 +69,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{s.n_eval_tokens:,} held-out tokens, {s.ce_sequences} held-out sequences for the loss", flush=True)
     start = time.perf_counter()
     scores = seed_scores(s, args.architectures)
-    print(table(scores).to_markdown())
+    shown = table(scores)
+    print(shown.to_markdown())
     found = verdicts(scores)
     for rival, by_metric in found.items():
         print(f"AbsTopK vs {rival}: " + "; ".join(
             f"{m} {c['difference']:+.4f} ({c['verdict']})" for m, c in by_metric.items()))
     out = pipeline.cache_dir("results") / f"compare.{s.profile}.json"
-    write_json(out, {"table": table(scores).reset_index().to_dict(orient="records"), "verdicts": found}, indent=2)
+    write_json(out, {"table": shown.reset_index().to_dict(orient="records"), "verdicts": found}, indent=2)
     print(f"({time.perf_counter() - start:.0f} s; also written to {out})")
 
 
