@@ -17,13 +17,16 @@ held-out curve in its history), cached like every other SAE of the book:
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from torch import Tensor
 
-from absae_lib import book, intervals, metrics, pipeline
+from absae_lib import atomic, book, digest, intervals, metrics, pipeline
+from absae_lib.paths import cache_dir
 from absae_lib.sae import SAE
 
 SEEDED = ("topk", "abstopk", "jumprelu")
@@ -98,13 +101,23 @@ _STATISTIC = {"loss_recovered": "loss_recovered", "delta_ce": "delta_loss", "kl"
 
 
 def score(s: book.Settings, saes: dict[Any, SAE], x_eval: Tensor, typical: Tensor, model: Any,
-          tokens: Tensor) -> dict[Any, dict]:
+          tokens: Tensor, cache: bool = True) -> dict[Any, dict]:
     """Held-out scores of several SAEs, {key: scores}: reconstruction on ``x_eval`` [n, d] (``nmse_typical`` on the
     rows where ``typical`` [n] is True) and the spliced-in loss on ``tokens`` [n_seq, seq_len] with its
-    per-sequence sums (the clean and zero-ablated runs shared, :func:`absae_lib.metrics.spliced_losses`)."""
-    losses = metrics.spliced_losses(model, saes, tokens, s.hook_name, progress=False, per_sequence=True)
-    out = {}
-    for key, sae in saes.items():
+    per-sequence sums (the clean and zero-ablated runs shared, :func:`absae_lib.metrics.spliced_losses`).
+
+    With ``cache`` each SAE's scores are kept in the cache folder ``scores/``, keyed by the SAE's weights and config,
+    the model's weights, the hook, ``x_eval``, ``typical``, ``tokens`` and the scoring code's source
+    (:mod:`absae_lib.digest`), so ``python -m absae_lib.compare`` and chapter 4 score a shared SAE once and a re-run
+    reads them.  The numbers are the same either way: an SAE's scores do not depend on which SAEs share the call.
+    (The key does not see hooks added to ``model`` by hand: pass ``cache=False`` for a model carrying any.)
+    """
+    paths = _score_paths(s, saes, x_eval, typical, model, tokens) if cache else {}
+    out = {key: _read_scores(paths[key]) for key in saes if cache and paths[key].exists()}
+    todo = {key: sae for key, sae in saes.items() if key not in out}
+    if todo:
+        losses = metrics.spliced_losses(model, todo, tokens, s.hook_name, progress=False, per_sequence=True)
+    for key, sae in todo.items():
         rec = metrics.evaluate_reconstruction(sae, x_eval, progress=False)
         scores = {name: rec[name] for name in RECONSTRUCTION if name in rec}
         scores["nmse_typical"] = metrics.evaluate_reconstruction(sae, x_eval[typical], progress=False)["nmse"]
@@ -112,7 +125,28 @@ def score(s: book.Settings, saes: dict[Any, SAE], x_eval: Tensor, typical: Tenso
         scores |= {"loss_recovered": ce["loss_recovered"], "delta_ce": ce["delta_loss"], "kl": ce["kl"],
                    "ce_clean": ce["ce_clean"], "ce_zero": ce["ce_zero"], "per_sequence": ce["per_sequence"]}
         out[key] = scores
-    return out
+        if cache:
+            per_sequence = {name: np.asarray(v).tolist() for name, v in scores["per_sequence"].items()}
+            atomic.write_json(paths[key], scores | {"per_sequence": per_sequence})
+    return {key: out[key] for key in saes}
+
+
+def _score_paths(s: book.Settings, saes: dict[Any, SAE], x_eval: Tensor, typical: Tensor, model: Any,
+                 tokens: Tensor) -> dict[Any, Path]:
+    """{key: the cache file of that SAE's :func:`score`}: one digest of the shared inputs, one per SAE."""
+    shared = digest.json_digest({
+        "model": digest.module_digest(model, sample=4096), "hook": s.hook_name,
+        "data": digest.tensor_digest(x_eval, typical, tokens),
+        "code": digest.source_digest("metrics", "sae", "prox", "sparse"), "score": inspect.getsource(score)})
+    folder = cache_dir("scores")
+    return {key: folder / f"{digest.json_digest([shared, digest.module_digest(sae), sae.cfg.to_dict()])}.json"
+            for key, sae in saes.items()}
+
+
+def _read_scores(path: Path) -> dict:
+    scores = atomic.read_json(path, "cached held-out scores", "delete it to score that SAE again")
+    scores["per_sequence"] = {name: np.asarray(v, dtype=np.float64) for name, v in scores["per_sequence"].items()}
+    return scores
 
 
 def mean_per_sequence(scores: list[dict]) -> dict:
