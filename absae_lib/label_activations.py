@@ -8,8 +8,6 @@ tokenizer, the hook, the texts, their label positions, the batch size and dtype,
 
 from __future__ import annotations
 
-import inspect
-import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
@@ -24,6 +22,8 @@ from absae_lib.paths import cache_dir
 
 if TYPE_CHECKING:
     from absae_lib.concepts import ConceptDataset
+
+_CODE = digest.source_digest("label_activations", "activations")  # what a cached result was computed by, as imported
 
 
 def token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -126,9 +126,9 @@ def _cache_path(model, ids: list[list[int]], positions: list[int], hook_name: st
                 compute_dtype: torch.dtype, pad: int):
     """Where :func:`activations_at` keeps the activations for these token ids: one file per content digest."""
     key = digest.json_digest({
-        "model": digest.module_digest(model, sample=4096), "model_name": model.cfg.model_name,
+        "model": digest.module_digest(model), "model_name": model.cfg.model_name, "versions": digest.versions(),
         "ids": digest.json_digest(ids), "positions": positions, "hook": hook_name, "batch_size": batch_size,
         "dtype": str(compute_dtype), "pad": pad, "device": str(next(model.parameters()).device),
-        "code": inspect.getsource(sys.modules[__name__]),
+        "code": _CODE,
     })
     return cache_dir("label_activations") / f"{key}.safetensors"

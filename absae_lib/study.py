@@ -17,7 +17,6 @@ held-out curve in its history), cached like every other SAE of the book:
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -98,6 +97,8 @@ LOSS = ("loss_recovered", "delta_ce", "kl")
 HIGHER_IS_BETTER = {"loss_recovered": True, "explained_variance": True} | {
     key: False for key in ("nmse", "nmse_typical", "nmse_per_token", "delta_ce", "kl")}
 _STATISTIC = {"loss_recovered": "loss_recovered", "delta_ce": "delta_loss", "kl": "kl"}  # names in intervals
+# What a cached score was computed by (this file, the metrics and the SAE's forward), as imported.
+_SCORE_CODE = digest.source_digest("study", "metrics", "sae", "prox", "sparse")
 
 
 def score(s: book.Settings, saes: dict[Any, SAE], x_eval: Tensor, typical: Tensor, model: Any,
@@ -107,8 +108,8 @@ def score(s: book.Settings, saes: dict[Any, SAE], x_eval: Tensor, typical: Tenso
     per-sequence sums (the clean and zero-ablated runs shared, :func:`absae_lib.metrics.spliced_losses`).
 
     With ``cache`` each SAE's scores are kept in the cache folder ``scores/``, keyed by the SAE's weights and config,
-    the model's weights, the hook, ``x_eval``, ``typical``, ``tokens`` and the scoring code's source
-    (:mod:`absae_lib.digest`), so ``python -m absae_lib.compare`` and chapter 4 score a shared SAE once and a re-run
+    the model's weights, the hook, ``x_eval``, ``typical``, ``tokens``, the devices, torch's and TransformerLens's
+    versions and the scoring code's source as imported (:mod:`absae_lib.digest`), so ``python -m absae_lib.compare`` and chapter 4 score a shared SAE once and a re-run
     reads them.  The numbers are the same either way: an SAE's scores do not depend on which SAEs share the call.
     (The key does not see hooks added to ``model`` by hand: pass ``cache=False`` for a model carrying any.)
     """
@@ -135,12 +136,11 @@ def _score_paths(s: book.Settings, saes: dict[Any, SAE], x_eval: Tensor, typical
                  tokens: Tensor) -> dict[Any, Path]:
     """{key: the cache file of that SAE's :func:`score`}: one digest of the shared inputs, one per SAE."""
     shared = digest.json_digest({
-        "model": digest.module_digest(model, sample=4096), "hook": s.hook_name,
-        "data": digest.tensor_digest(x_eval, typical, tokens),
-        "code": digest.source_digest("metrics", "sae", "prox", "sparse"), "score": inspect.getsource(score)})
+        "model": digest.module_digest(model), "device": str(model.W_U.device), "hook": s.hook_name,
+        "data": digest.tensor_digest(x_eval, typical, tokens), "code": _SCORE_CODE, "versions": digest.versions()})
     folder = cache_dir("scores")
-    return {key: folder / f"{digest.json_digest([shared, digest.module_digest(sae), sae.cfg.to_dict()])}.json"
-            for key, sae in saes.items()}
+    own = {key: [digest.module_digest(sae), str(sae.W_enc.device), sae.cfg.to_dict()] for key, sae in saes.items()}
+    return {key: folder / f"{digest.json_digest([shared, own[key]])}.json" for key in saes}
 
 
 def _read_scores(path: Path) -> dict:

@@ -38,3 +38,27 @@ def hf_model(model):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(embedded_model_folder(), local_files_only=True).float().eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    """A 2-layer random Llama-like HookedTransformer (seed 0) with the SmolLM2 tokenizer (no BOS), for fast forward
+    passes.  A fresh one per test: tests may change its weights."""
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_folder(), local_files_only=True)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=256, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64, d_vocab=len(tokenizer),
+        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, seed=0,
+        device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TransformerLens 3.9 points to its 4.x successor
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.tokenizer = tokenizer  # TransformerLens wraps a BOS-adding copy; SmolLM2 has no BOS
+    model.cfg.default_prepend_bos = False
+    model.cfg.tokenizer_prepends_bos = False  # else to_tokens(prepend_bos=False) drops each text's first token
+    return model.eval()

@@ -1,6 +1,5 @@
 """Concept datasets (labels checked against their sources), splits, caching, and activations at label tokens."""
 
-import warnings
 
 import pytest
 import torch
@@ -22,28 +21,6 @@ def datasets():
         "gender": concepts.gender_dataset(use_cache=False),
         "genre": concepts.genre_dataset(N, seed=1, use_cache=False),
     }
-
-
-def tiny_model():
-    """A 2-layer random Llama-like HookedTransformer with the SmolLM2 tokenizer (no BOS), for fast forward passes."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import AutoTokenizer
-
-    from absae_lib.models import embedded_model_folder
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_folder(), local_files_only=True)
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, n_ctx=256, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64, d_vocab=len(tokenizer),
-        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, seed=0,
-        device="cpu",
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TransformerLens 3.9 points to its 4.x successor
-        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.tokenizer = tokenizer  # TransformerLens wraps a BOS-adding copy; SmolLM2 has no BOS
-    model.cfg.default_prepend_bos = False
-    model.cfg.tokenizer_prepends_bos = False  # else to_tokens(prepend_bos=False) drops each text's first token
-    return model.eval()
 
 
 def test_classes_balanced_and_labels_valid(datasets):
@@ -147,9 +124,8 @@ def test_label_positions():
         label_positions(ids, [3, 1])
 
 
-def test_activations_at_matches_one_text_at_a_time():
-    torch.manual_seed(0)
-    model = tiny_model()
+def test_activations_at_matches_one_text_at_a_time(tiny_llama):
+    model = tiny_llama
     hook = "blocks.0.hook_resid_post"
     texts = ["The old man walked", "A cat", "Several dogs barked loudly at the mailman today", "We met the queen"]
     ds = ConceptDataset("t", texts, torch.tensor([0, 1, 0, 1]), positions=[-1, 1, 3, -2])

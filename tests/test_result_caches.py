@@ -11,43 +11,37 @@ import torch
 from absae_lib import digest, label_activations, metrics, study
 from absae_lib.concepts import ConceptDataset
 from absae_lib.sae import SAE
-from tests.test_concepts import tiny_model
 
 HOOK = "blocks.0.hook_resid_post"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def empty_cache(tmp_path, monkeypatch):
+    """A cache folder of the test's own (ask for it after ``tiny_llama``, whose tokenizer comes from the real one)."""
     monkeypatch.setenv("ABSAE_CACHE", str(tmp_path))
     return tmp_path
 
 
-def test_digests_see_every_element_and_nothing_else():
+def test_digests_see_every_element_and_nothing_else(tiny_llama, empty_cache):
     x = torch.randn(50, 7)
     y = x.clone()
     assert digest.tensor_digest(x) == digest.tensor_digest(y)
     y[31, 4] += 1e-6
     assert digest.tensor_digest(x) != digest.tensor_digest(y)
     assert digest.tensor_digest(x) != digest.tensor_digest(x.reshape(7, 50))  # same bytes, other shape
-    assert digest.tensor_digest(x.bfloat16()) != digest.tensor_digest(x)  # bf16 hashes (no numpy dtype)
-    sae = SAE(8, 16, "topk", k=2)
-    before = digest.module_digest(sae)
+    xb, yb = x.bfloat16(), x.bfloat16()
+    yb[31, 4] += 1.0  # bf16 has no numpy dtype: its bits are hashed, not skipped
+    assert digest.tensor_digest(xb) == digest.tensor_digest(x.bfloat16()) != digest.tensor_digest(yb)
+    # a module: one element anywhere (here the last column of the embedding, a large tensor) moves the digest,
+    # also after the digest was remembered
+    before = digest.module_digest(tiny_llama)
+    assert digest.module_digest(tiny_llama) == before
     with torch.no_grad():
-        sae.W_dec[3, 5] += 1e-4
-    assert digest.module_digest(sae) != before
+        tiny_llama.embed.W_E[-1, -1] += 1e-3
+    assert digest.module_digest(tiny_llama) != before
     assert digest.source_digest("metrics") != digest.source_digest("sae")
     with pytest.raises(ValueError, match="no module absae_lib.nonexistent"):
         digest.source_digest("nonexistent")
-
-
-def _scoring_inputs():
-    torch.manual_seed(0)
-    model = tiny_model()
-    x_eval = torch.randn(300, 32)
-    typical = x_eval.norm(dim=-1) < 6.5
-    tokens = torch.randint(0, 1000, (3, 9))
-    saes = {name: SAE(32, 64, name, k=4) for name in ("topk", "abstopk")}
-    return SimpleNamespace(hook_name=HOOK), saes, x_eval, typical, model, tokens
 
 
 def _assert_same_scores(a: dict, b: dict) -> None:
@@ -60,51 +54,74 @@ def _assert_same_scores(a: dict, b: dict) -> None:
             assert value == b[metric] or (np.isnan(value) and np.isnan(b[metric])), metric
 
 
-def test_score_cache_is_exact_shared_and_keyed_by_the_sae(monkeypatch, empty_cache):
-    s, saes, x_eval, typical, model, tokens = _scoring_inputs()
+def test_score_cache_is_exact_shared_and_keyed_by_every_input(tiny_llama, monkeypatch, empty_cache):
+    torch.manual_seed(0)
+    s, model = SimpleNamespace(hook_name=HOOK), tiny_llama
+    x_eval = torch.randn(300, 32)
+    typical = x_eval.norm(dim=-1) < 6.5
+    tokens = torch.randint(0, 1000, (3, 9))
+    saes = {name: SAE(32, 64, name, k=4) for name in ("topk", "abstopk")}
     fresh = study.score(s, saes, x_eval, typical, model, tokens, cache=False)
-    assert not (empty_cache / "scores").exists() or not any((empty_cache / "scores").iterdir())
+    assert not (empty_cache / "scores").exists()  # cache=False writes nothing
+
+    scored = []  # the SAEs each call really scores
+    real_losses = metrics.spliced_losses
+
+    def counting(model, todo, *args, **kwargs):
+        scored.append(sorted(todo))
+        return real_losses(model, todo, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "spliced_losses", counting)
+    score = lambda saes, **changes: study.score(  # noqa: E731
+        s, saes, *[changes.get(n, v) for n, v in (("x", x_eval), ("typ", typical), ("m", model), ("tok", tokens))])
     # one SAE first (as compare does), then both (as chapter 4 does): the first is read, the second scored
-    study.score(s, {"abstopk": saes["abstopk"]}, x_eval, typical, model, tokens)
-    both = study.score(s, saes, x_eval, typical, model, tokens)
-    assert list(both) == ["topk", "abstopk"] and len(list((empty_cache / "scores").iterdir())) == 2
+    score({"abstopk": saes["abstopk"]})
+    both = score(saes)
+    assert scored == [["abstopk"], ["topk"]] and list(both) == ["topk", "abstopk"]
     for key in saes:
         _assert_same_scores(fresh[key], both[key])
-
-    def no_model_runs(*args, **kwargs):
-        raise AssertionError("a cached score ran the model again")
-
-    monkeypatch.setattr(metrics, "spliced_losses", no_model_runs)
-    again = study.score(s, {"a name it never had": saes["topk"]}, x_eval, typical, model, tokens)  # keys: content
+    again = score({"a name it never had": saes["topk"]})  # keyed by content, not by the name
     _assert_same_scores(fresh["topk"], again["a name it never had"])
+    assert len(scored) == 2
+
+    # anything the scores depend on, changed, scores again
+    score({"abstopk": saes["abstopk"]}, tok=tokens[:2])
+    score({"abstopk": saes["abstopk"]}, x=x_eval * 1.5)
+    score({"abstopk": saes["abstopk"]}, typ=~typical)
+    other_k = SAE(32, 64, "abstopk", k=5)
+    other_k.load_state_dict(saes["abstopk"].state_dict())  # same weights, another config
+    score({"abstopk": other_k})
     with torch.no_grad():
-        saes["topk"].W_enc[0, 0] += 0.5  # a changed SAE is scored again
-    with pytest.raises(AssertionError, match="ran the model again"):
-        study.score(s, {"topk": saes["topk"]}, x_eval, typical, model, tokens)
-    with pytest.raises(AssertionError, match="ran the model again"):  # so is one on other held-out tokens
-        study.score(s, {"abstopk": saes["abstopk"]}, x_eval, typical, model, tokens[:2])
+        saes["topk"].W_enc[0, 0] += 0.5
+    score({"topk": saes["topk"]})
+    with torch.no_grad():
+        model.blocks[1].mlp.W_out.mul_(2.0)
+    score({"abstopk": saes["abstopk"]})
+    assert len(scored) == 8
 
 
-def test_activations_at_cache_is_exact_and_keyed_by_model_and_texts(monkeypatch, empty_cache):
-    torch.manual_seed(0)
-    model = tiny_model()
+def test_activations_at_cache_is_exact_and_keyed_by_model_and_texts(tiny_llama, monkeypatch, empty_cache):
+    model = tiny_llama
     texts = ["The old man walked", "A cat sat", "Several dogs barked loudly", "We met the queen"]
     ds = ConceptDataset("t", texts, torch.tensor([0, 1, 0, 1]), positions=[-1, 1, 3, -2])
     kwargs = dict(batch_size=3, compute_dtype=torch.float32, progress=False)
     fresh = label_activations.activations_at(model, ds, HOOK, **kwargs)
-    first = label_activations.activations_at(model, ds, HOOK, cache=True, **kwargs)
-    assert torch.equal(fresh, first)
-    assert len(list((empty_cache / "label_activations").glob("*.safetensors"))) == 1
+    assert not (empty_cache / "label_activations").exists()  # cache=False writes nothing
+    assert torch.equal(label_activations.activations_at(model, ds, HOOK, cache=True, **kwargs), fresh)
+    assert len(list(empty_cache.rglob("*.safetensors"))) == 1
 
     def no_forward(*args, **kwargs):
         raise AssertionError("a cached dataset ran the model again")
 
     real_forward = model.run_with_hooks
     monkeypatch.setattr(model, "run_with_hooks", no_forward)
-    assert torch.equal(label_activations.activations_at(model, ds, HOOK, cache=True, **kwargs), fresh)
+    assert torch.equal(label_activations.activations_at(model, ds, HOOK, cache=True, **kwargs), fresh)  # read
     other = ConceptDataset("t", texts[:3] + ["We met the king"], ds.labels, positions=ds.positions)
     with pytest.raises(AssertionError, match="ran the model again"):
         label_activations.activations_at(model, other, HOOK, cache=True, **kwargs)
+    moved = ConceptDataset("t", texts, ds.labels, positions=[-1, 1, 2, -2])
+    with pytest.raises(AssertionError, match="ran the model again"):
+        label_activations.activations_at(model, moved, HOOK, cache=True, **kwargs)
     monkeypatch.setattr(model, "run_with_hooks", real_forward)
     with torch.no_grad():
         model.blocks[0].mlp.W_out.mul_(2.0)  # new weights: new activations, not the cached ones
