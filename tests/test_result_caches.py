@@ -128,3 +128,27 @@ def test_activations_at_cache_is_exact_and_keyed_by_model_and_texts(tiny_llama, 
     changed = label_activations.activations_at(model, ds, HOOK, cache=True, **kwargs)
     assert not torch.allclose(changed, fresh)
     assert torch.equal(changed, label_activations.activations_at(model, ds, HOOK, **kwargs))
+
+
+def test_compare_records_flags_any_number_but_not_timings(tmp_path):
+    """scripts/compare_records.py, which checks that a re-run (e.g. from the caches) recorded the same numbers."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from compare_records import differences, main
+
+    a = {"nmse": 0.1, "nan": float("nan"), "runtime_s": 5.0, "nested": {"encode ms / 4096 tokens": 3.0, "l0": [32, 31]}}
+    assert differences(a, json.loads(json.dumps(a))) == []
+    b = json.loads(json.dumps(a)) | {"runtime_s": 9.0}
+    b["nested"] = {"encode ms / 4096 tokens": 4.0, "l0": [32, 31.0]}  # an int that became a float is a change
+    assert differences(a, b) == [".nested.l0[1]: 31 vs 31.0"]
+    assert differences({"x": 1}, {"x": 1, "y": 2}) == [".y: only in B"]
+    (tmp_path / "A").mkdir(), (tmp_path / "B").mkdir()
+    (tmp_path / "A" / "04.cpu.json").write_text(json.dumps(a))
+    assert main([str(tmp_path / "A"), str(tmp_path / "B")]) == 1  # missing in B
+    (tmp_path / "B" / "04.cpu.json").write_text(json.dumps(a | {"nmse": 0.1 + 1e-12}))
+    assert main([str(tmp_path / "A"), str(tmp_path / "B")]) == 1
+    (tmp_path / "B" / "04.cpu.json").write_text(json.dumps(a))
+    assert main([str(tmp_path / "A"), str(tmp_path / "B")]) == 0
