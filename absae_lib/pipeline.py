@@ -130,6 +130,9 @@ def train_config(s: Settings, architecture: str, k: int | None = None, **overrid
         base["init_l0"] = k if architecture == "standard" else min(JUMPRELU_START_L0 * k, s.d_sae / 2)
     if architecture == "jumprelu":
         base["jumprelu_bandwidth"] = BOOK_JUMPRELU_BANDWIDTH
+    if architecture == "batchtopk":
+        # the inference threshold from the final weights: the running mean over a short run left L0 near k/2
+        base["calibrate_batchtopk"] = True
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -189,8 +192,6 @@ def study_config(s: Settings, architecture: str, k: int | None = None, seed: int
     base: dict[str, Any] = dict(d_sae=s.study_d_sae, n_steps=n_steps, eval_every=max(1, n_steps // 16),
                                 seed=s.seed if seed is None else seed,
                                 input_normalization=normalization or s.study_normalization, progress=False)
-    if architecture == "batchtopk":
-        base["calibrate_batchtopk"] = True
     if architecture in ("standard", "jumprelu"):
         base["init_l0"] = k or s.k
     if architecture == "jumprelu":
