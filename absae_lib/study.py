@@ -109,9 +109,10 @@ def score(s: book.Settings, saes: dict[Any, SAE], x_eval: Tensor, typical: Tenso
 
     With ``cache`` each SAE's scores are kept in the cache folder ``scores/``, keyed by the SAE's weights and config,
     the model's weights, the hook, ``x_eval``, ``typical``, ``tokens``, the devices, torch's and TransformerLens's
-    versions and the scoring code's source as imported (:mod:`absae_lib.digest`), so ``python -m absae_lib.compare`` and chapter 4 score a shared SAE once and a re-run
-    reads them.  The numbers are the same either way: an SAE's scores do not depend on which SAEs share the call.
-    (The key does not see hooks added to ``model`` by hand: pass ``cache=False`` for a model carrying any.)
+    versions and the scoring code's source as imported (:mod:`absae_lib.digest`), so ``python -m absae_lib.compare``
+    and chapter 4 score a shared SAE once and a re-run reads them.  The numbers are the same either way: an SAE's
+    scores do not depend on which SAEs share the call.  (The key does not see hooks added to ``model`` by hand: pass
+    ``cache=False`` for a model carrying any.)
     """
     paths = _score_paths(s, saes, x_eval, typical, model, tokens) if cache else {}
     out = {key: _read_scores(paths[key]) for key in saes if cache and paths[key].exists()}

@@ -40,10 +40,8 @@ def hf_model(model):
     return AutoModelForCausalLM.from_pretrained(embedded_model_folder(), local_files_only=True).float().eval()
 
 
-@pytest.fixture
-def tiny_llama():
-    """A 2-layer random Llama-like HookedTransformer (seed 0) with the SmolLM2 tokenizer (no BOS), for fast forward
-    passes.  A fresh one per test: tests may change its weights."""
+def _tiny_llama():
+    """A 2-layer random Llama-like HookedTransformer (seed 0) with the SmolLM2 tokenizer (no BOS)."""
     import warnings
 
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -62,3 +60,15 @@ def tiny_llama():
     model.cfg.default_prepend_bos = False
     model.cfg.tokenizer_prepends_bos = False  # else to_tokens(prepend_bos=False) drops each text's first token
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama():
+    """Builds a fresh tiny Llama (``_tiny_llama``) on each call, for fixtures of any scope."""
+    return _tiny_llama
+
+
+@pytest.fixture
+def tiny_llama():
+    """A fresh tiny Llama per test: tests may change its weights."""
+    return _tiny_llama()

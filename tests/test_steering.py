@@ -2,7 +2,6 @@
 random model (the hooks' algebra does not depend on the model being trained)."""
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -41,26 +40,9 @@ PROMPTS = ["The weather today is", "My favourite food", "Once upon a time there 
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """A 2-layer random Llama-like HookedTransformer with the SmolLM2 tokenizer (no BOS)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import AutoTokenizer
-
-    from absae_lib.models import embedded_model_folder
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_folder(), local_files_only=True)
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, n_ctx=256, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=64, d_vocab=len(tokenizer),
-        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, seed=0,
-        device="cpu",
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TransformerLens 3.9 points to its 4.x successor
-        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.tokenizer = tokenizer
-    model.cfg.default_prepend_bos = False
-    model.cfg.tokenizer_prepends_bos = False  # else to_tokens(prepend_bos=False) drops each text's first token
-    return model.eval()
+def tiny(make_tiny_llama):
+    """A 2-layer random Llama-like HookedTransformer with the SmolLM2 tokenizer (no BOS), shared by the module."""
+    return make_tiny_llama()
 
 
 def tokens_of(model, text):
