@@ -28,11 +28,11 @@ def seed_scores(s: book.Settings, architectures: list[str]) -> dict[str, list[di
     x_eval = pipeline.eval_activations(s)
     typical = metrics.typical_mask(x_eval)
     tokens = pipeline.eval_tokens(s)
-    out = {}
-    for architecture in architectures:
-        saes = {seed: study.sae(s, architecture, seed=seed).sae for seed in s.seeds}
-        out[architecture] = list(study.score(s, saes, x_eval, typical, pipeline.model(s), tokens).values())
-    return out
+    saes = {(a, seed): study.sae(s, a, seed=seed).sae for a in architectures for seed in s.seeds}
+    # one call: the clean and zero-ablated runs are shared by every SAE (an SAE's scores do not depend on which
+    # others share the call)
+    scores = study.score(s, saes, x_eval, typical, pipeline.model(s), tokens)
+    return {a: [scores[(a, seed)] for seed in s.seeds] for a in architectures}
 
 
 def table(scores: dict[str, list[dict]]) -> pd.DataFrame:

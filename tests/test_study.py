@@ -163,3 +163,76 @@ def test_study_jumprelu_learns_its_thresholds_and_starts_at_k():
     assert config.jumprelu_bandwidth is None and config.init_l0 == 16
     assert pipeline.train_config(s, "jumprelu").jumprelu_bandwidth == pipeline.BOOK_JUMPRELU_BANDWIDTH
     assert pipeline.study_config(s, "standard", 16).init_l0 == 16
+
+
+def test_train_all_in_a_pool_runs_each_job_once_and_keeps_thread_sensitive_ones_here(monkeypatch):
+    """Every job runs once; the pool gets only the jobs that train to the same bits on fewer threads, at most
+    ``workers`` at a time and longest first; a JumpReLU seed starts only after the first seed's L0 search."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from absae_lib import book, pipeline
+
+    s = book.settings("smoke")
+    main_thread = threading.get_ident()
+    log, running, most_at_once = [], [], [0]
+    lock = threading.Lock()
+
+    def fake_train(s_, job):
+        with lock:
+            running.append(job)
+            most_at_once[0] = max(most_at_once[0], len(running))
+            log.append(("start", job, threading.get_ident() == main_thread))
+        time.sleep(0.002)
+        with lock:
+            running.remove(job)
+            log.append(("end", job, threading.get_ident() == main_thread))
+        return 0.0
+
+    monkeypatch.setattr(study, "_train_job", fake_train)
+    monkeypatch.setattr(pipeline, "activation_store", lambda s_: None)
+    study.train_all(s, workers=2, book_saes=True, pool=ThreadPoolExecutor(2))
+
+    starts = [(job, here) for event, job, here in log if event == "start"]
+    assert sorted(job for job, _ in starts) == sorted(study.all_jobs(s, book_saes=True))
+    assert most_at_once[0] <= 2
+    for job, here in starts:
+        assert here == (not study._same_bits_on_fewer_threads(s, job)), job
+    # the ones trained here (thread-sensitive) are ReLU, the global normalisation's and chapter 3's
+    here = {job for job, on_main in starts if on_main}
+    assert ("study", "standard", s.k, s.seeds[0], "per_token") in here
+    assert ("study", "topk", s.k, s.seeds[0], "global") in here
+    assert (study.BOOK, "abstopk") in here
+    # the first pool job is the longest one; JumpReLU's later seeds start after its first seed ended
+    pooled = [job for job, on_main in starts if not on_main]
+    assert study._cost(s, pooled[0]) == max(study._cost(s, job) for job in pooled)
+    first = ("study", "jumprelu", s.k, s.seed, "per_token")
+    first_end = log.index(("end", first, False))
+    for seed in s.seeds[1:]:
+        assert log.index(("start", ("study", "jumprelu", s.k, seed, "per_token"), False)) > first_end
+
+
+def test_a_per_token_study_sae_trains_to_the_same_bits_on_one_thread_as_on_two():
+    """What lets the study train such SAEs two at a time on one thread each (study._same_bits_on_fewer_threads).
+
+    On the smoke profile's real activations (a few steps of the study's recipe).  The same check with the global
+    input scale finds different bits on this machine's two cores, which is why those SAEs train one at a time.
+    """
+    from absae_lib import book, pipeline
+    from absae_lib.train import train_sae
+
+    s = book.settings("smoke")
+    x, held_out = pipeline.train_activations(s), pipeline.eval_activations(s)
+    config = pipeline.study_config(s, "topk", normalization="per_token", n_steps=30)
+    assert study._same_bits_on_fewer_threads(s, ("study", "topk", s.k, s.seed, "per_token"))
+    threads = torch.get_num_threads()
+    weights = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sae, _ = train_sae(x, config, eval_data=held_out)
+            weights.append({name: p.detach().clone() for name, p in sae.state_dict().items()})
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
