@@ -11,7 +11,9 @@ held-out curve in its history), cached like every other SAE of the book:
                   ReLU, JumpReLU and BatchTopK only at the headline k (SWEPT says why).
     unrolled      the AbsTopK prox unrolled T = 2 and 3 times (tied), and T = 2 untied, at k = s.k: beyond the paper.
 
-``python -m absae_lib.study --profile cpu`` trains them all (chapters 3 and 4 then only read the cache).
+``python -m absae_lib.study --profile cpu`` trains them all (chapters 3 and 4 then only read the cache);
+``--workers 2 --book``, as ``make main`` runs it, trains two at a time where that gives the same SAEs
+(:func:`train_all`) and chapter 3's one-pass SAEs too.
 """
 
 from __future__ import annotations
