@@ -44,10 +44,7 @@ setup: $(VENV)/.installed $(MATHJAX)/tex-mml-chtml.js
 	$(PY) -m absae_lib.models convert
 
 # --- the main job ---------------------------------------------------------------------------------------------------
-# The study's SAEs (and chapter 3's) first, STUDY_WORKERS at a time: the same SAEs as one at a time, sooner on a CPU.
-STUDY_WORKERS ?= 2
 main: setup
-	$(PY) -m absae_lib.study --workers $(STUDY_WORKERS) --book
 	$(PY) -m absae_lib.compare
 	$(MAKE) notebooks book
 

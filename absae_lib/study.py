@@ -11,9 +11,7 @@ held-out curve in its history), cached like every other SAE of the book:
                   ReLU, JumpReLU and BatchTopK only at the headline k (SWEPT says why).
     unrolled      the AbsTopK prox unrolled T = 2 and 3 times (tied), and T = 2 untied, at k = s.k: beyond the paper.
 
-``python -m absae_lib.study --profile cpu`` trains them all (chapters 3 and 4 then only read the cache);
-``--workers 2 --book``, as ``make main`` runs it, trains two at a time where that gives the same SAEs
-(:func:`train_all`) and chapter 3's one-pass SAEs too.
+``python -m absae_lib.study --profile cpu`` trains them all (chapters 3 and 4 then only read the cache).
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import numpy as np
 from torch import Tensor
 
 from absae_lib import atomic, book, digest, intervals, metrics, pipeline
-from absae_lib.device import check_device
 from absae_lib.paths import cache_dir
 from absae_lib.sae import SAE
 
@@ -80,133 +77,16 @@ def jobs(s: book.Settings) -> list[tuple[str, int, int, str]]:
     return list(dict.fromkeys(runs))
 
 
-BOOK = "book"  # a job kind: chapter 3's one-pass SAE of an architecture (pipeline.sae_with_history)
-
-
-def all_jobs(s: book.Settings, book_saes: bool = False) -> list[tuple]:
-    """Every SAE :func:`train_all` trains, as jobs: ("study", architecture, k, seed, normalisation) for
-    :func:`jobs`, ("unrolled", name) for :data:`UNROLLED`, and with ``book_saes`` (BOOK, architecture) for chapter
-    3's one-pass SAEs of the five architectures."""
-    out = [("study", *run) for run in jobs(s)] + [("unrolled", name) for name in UNROLLED]
-    return out + ([(BOOK, a) for a in HEADLINE] if book_saes else [])
-
-
-def _cost(s: book.Settings, job: tuple) -> float:
-    """A job's relative cost, for longest-first scheduling: its steps (× T for an unrolled encoder, whose step
-    runs the prox T times; × d_sae / study_d_sae for chapter 3's SAEs)."""
-    kind, *args = job
-    if kind == "unrolled":
-        return s.study_steps_for("unrolled") * UNROLLED[args[0]]["unrolled_steps"]
-    if kind == BOOK:
-        return s.n_tokens / s.batch_size * s.d_sae / s.study_d_sae
-    return s.study_steps_for(args[0])
-
-
-def _waits_for(s: book.Settings, job: tuple) -> tuple | None:
-    """The job that must finish first: a ReLU or JumpReLU seed other than the first reuses the value the first
-    seed's L0 search found (pipeline.matched_sae), so it starts after that search, not beside it."""
-    kind, *args = job
-    if kind == "study" and args[0] in pipeline.CALIBRATION and args[2] != s.seed:
-        return ("study", args[0], args[1], s.seed, args[3])
-    return None
-
-
-def _train_job(s: book.Settings, job: tuple) -> float:
-    """Train (or read) one job's SAE; returns the seconds it took."""
-    start = time.perf_counter()
-    kind, *args = job
-    if kind == "study":
-        a, k, seed, n = args
+def train_all(s: book.Settings) -> None:
+    """Train (or find in the cache) every SAE of the study, the claims' SAEs first."""
+    for a, k, seed, n in jobs(s):
+        start = time.perf_counter()
         sae(s, a, k, seed=seed, normalization=n)
-    elif kind == "unrolled":
-        unrolled(s, args[0])
-    else:
-        pipeline.sae_with_history(s, args[0], progress=False)
-    return time.perf_counter() - start
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _job_name(job: tuple) -> str:
-    kind, *args = job
-    if kind == "study":
-        a, k, seed, n = args
-        return f"{a} k {k} seed {seed} {n}"
-    return args[0] if kind == "unrolled" else f"chapter 3's {args[0]}"
-
-
-def _same_bits_on_fewer_threads(s: book.Settings, job: tuple) -> bool:
-    """Does this job's SAE come out bit for bit the same trained on one thread as on two?
-
-    Measured on two cores (tests/test_study.py and benchmarks/RESULTS.md §10): yes for the per-token-normalised
-    k-sparse, JumpReLU and unrolled SAEs; no where a long sum is split over the threads (each thread adds its part,
-    so two threads add in another order): the global input scale (a mean over many rows) and ReLU's L1 penalty.
-    """
-    kind, *args = job
-    if kind == BOOK:
-        return False  # chapter 3's SAEs use the global input scale
-    architecture = args[0] if kind == "study" else "unrolled"
-    normalization = args[3] if kind == "study" else s.study_normalization
-    return normalization == "per_token" and architecture != "standard"
-
-
-def train_all(s: book.Settings, workers: int = 1, book_saes: bool = False, pool: Any = None) -> None:
-    """Train (or find in the cache) every SAE of the study (and with ``book_saes`` chapter 3's one-pass SAEs).
-
-    ``workers`` > 1 trains that many SAEs at once, each in its own process with the parent's torch threads shared
-    out (two cores: two processes of one thread each), about 1.3× the throughput of one SAE at a time on both
-    cores here (benchmarks/RESULTS.md §10): a step's many small operations (top-k, gathers, elementwise work) use a
-    second core poorly.  Only the SAEs that come out bit for bit the same on fewer threads train that way (see
-    ``_same_bits_on_fewer_threads``); the others then train here, one at a time on all threads, so the result never
-    depends on ``workers``.  Longest jobs go first; a ReLU or JumpReLU seed waits for the first seed's L0 search.
-    ``pool``: an executor to use instead of a new process pool (tests).  On a GPU the SAEs train one at a time.
-    """
-    todo = all_jobs(s, book_saes)
-    pipeline.activation_store(s)  # harvest first, here, on every thread (the workers only read the cache)
-    if workers > 1 and check_device(s.device).type != "cpu":
-        workers = 1
-    start = time.perf_counter()
-    if workers > 1 or pool is not None:
-        _train_in_pool(s, [job for job in todo if _same_bits_on_fewer_threads(s, job)], workers, pool, start)
-        todo = [job for job in todo if not _same_bits_on_fewer_threads(s, job)]
-    for job in todo:
-        seconds = _train_job(s, job)
-        print(f"{_job_name(job)}: {seconds:.0f} s (at {time.perf_counter() - start:.0f} s)", flush=True)
-
-
-def _train_in_pool(s: book.Settings, todo: list[tuple], workers: int, pool: Any, start: float) -> None:
-    import concurrent.futures as futures
-    import multiprocessing
-
-    import torch
-
-    if pool is None:
-        threads = max(1, torch.get_num_threads() // workers)
-        pool = futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_set_threads, initargs=(threads,))
-    known = set(todo)
-    todo = sorted(todo, key=lambda job: -_cost(s, job))  # stable: equal costs keep the claims-first order
-    running: dict[Any, tuple] = {}
-    done: set[tuple] = set()
-    with pool:
-        while todo or running:
-            for job in list(todo):
-                if len(running) >= workers:
-                    break
-                first = _waits_for(s, job)
-                if first is None or first in done or first not in known:
-                    running[pool.submit(_train_job, s, job)] = job
-                    todo.remove(job)
-            finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-            for future in finished:
-                job = running.pop(future)
-                seconds = future.result()
-                done.add(job)
-                print(f"{_job_name(job)}: {seconds:.0f} s (at {time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"{a} k {k} seed {seed} {n}: {time.perf_counter() - start:.0f} s", flush=True)
+    for name in UNROLLED:
+        start = time.perf_counter()
+        unrolled(s, name)
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
 # --- scoring and verdicts -------------------------------------------------------------------------------------------
@@ -333,15 +213,8 @@ def choose_normalization(a: dict[str, list[dict]], rival: str = "global", defaul
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="cpu", help="smoke, cpu or gpu (see absae_lib.book)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="SAEs trained at once, each in its own process (2 on two CPU cores; 1 on a GPU)")
-    parser.add_argument("--book", action="store_true", help="also chapter 3's one-pass SAEs")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
-    start = time.perf_counter()
-    train_all(book.settings(args.profile), workers=args.workers, book_saes=args.book)
-    print(f"study: {time.perf_counter() - start:.0f} s", flush=True)
+    train_all(book.settings(args.profile))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,6 @@ def test_study_jobs_are_the_ones_train_all_trains(monkeypatch):
     called, unrolled = [], []
     monkeypatch.setattr(study, "sae", lambda s_, a, k, seed, normalization: called.append((a, k, seed, normalization)))
     monkeypatch.setattr(study, "unrolled", lambda s_, name: unrolled.append(name))
-    monkeypatch.setattr(study.pipeline, "activation_store", lambda s_: None)
     study.train_all(s)
     assert called == runs and unrolled == list(study.UNROLLED)
     # Chapter 4's estimate counts each of them (plus the unrolled ones, the harvest and the set-up).
