@@ -130,6 +130,9 @@ CHECKS: dict[str, list[Check]] = {
         ("the normalisation follows the book's rule", lambda r: r["normalisation_comparison"]["chosen"] == (
             "global" if all(r["normalisation_comparison"][v]["delta_ce_per_token_minus_global_ci"][0] > 0
                             for v in ("topk", "abstopk")) else "per_token")),
+        ("the plateau rule read for every study SAE (met = last-20% gain < 2%)", lambda r: len(r["plateau"]) >= 10
+         and all(math.isfinite(p["improvement"]) and p["reached"] == (p["improvement"] < 0.02)
+                 for p in r["plateau"].values())),
         ("unrolled encoders scored at the headline k", lambda r: len(r["unrolled"]) >= 2 and all(
             0 < u["nmse_per_token"] < 1 and abs(u["l0"] - r["headline_k"]) < 1e-6 for u in r["unrolled"].values())),
     ],
